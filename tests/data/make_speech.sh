@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Regenerates the committed speech clips with espeak-ng, sox and ffmpeg (Debian packages).
+# The clips are committed, so tests and the demo never need these tools.
+set -euo pipefail
+cd "$(dirname "$0")"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+say() { espeak-ng -v "$1" -s "$2" -w "$tmp/$3.wav" "$4"; }
+say en-us 160 short "Hello, how are you today?"
+say en-gb 150 demo "Good morning. Please book a table for two at seven tonight, somewhere quiet near the river."
+say en-us 145 long "This is a longer recording made for testing. The weather today is cold and grey, \
+with light rain expected in the afternoon. Our team meeting moves to Thursday at three o'clock, \
+in the large room on the second floor. Please bring the quarterly report, the budget figures, \
+and any questions you have about the new schedule. After the meeting we will walk to the station together."
+sox "$tmp/short.wav" -r 16000 -c 1 -b 16 speech_short.flac
+sox "$tmp/demo.wav" -r 16000 -c 1 -b 16 speech_demo.flac
+ffmpeg -loglevel error -y -i "$tmp/long.wav" -ar 16000 -ac 1 -c:a libopus -b:a 24k speech_long.ogg
