@@ -200,6 +200,11 @@ def _save_configs(config: Any, out: Path) -> None:
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
+def parameter_shapes(size: str) -> dict[str, tuple[int, ...]]:
+    """Parameter names (official layout) and shapes of a built-in size, without building it."""
+    return _official_shapes(_model_config(SIZES[size], _train_tokenizer()))
+
+
 def _save_weights(config: Any, seed: int, out: Path) -> None:
     import torch
     from safetensors.torch import save_file

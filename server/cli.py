@@ -56,10 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    args, extra = _split_extra(parser, argv)
+    args, extra = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return _run(args, extra)
     except (UsageError, ValueError) as e:
@@ -72,9 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _split_extra(
-    parser: argparse.ArgumentParser, argv: list[str]
-) -> tuple[argparse.Namespace, list[str]]:
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse a command line; for `serve`, also return the flags meant for vLLM."""
+    parser = build_parser()
+    argv = list(argv)
     passthrough: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
@@ -90,9 +89,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         config = config_from_args(args, extra)
         if args.dry_run:
             invocation = to_vllm(config)
-            print(
-                json.dumps({"env": dict(invocation.env), "argv": list(invocation.argv)}, indent=2)
-            )
+            shown = {"env": dict(invocation.env), "argv": invocation.redacted_argv()}
+            print(json.dumps(shown, indent=2))
             return 0
         from audiotext.server.launcher import LaunchError, serve
 

@@ -101,6 +101,14 @@ class VllmInvocation:
     argv: tuple[str, ...]
     env: Mapping[str, str]
 
+    def redacted_argv(self) -> list[str]:
+        """The arguments, safe to print or log: the API key masked."""
+        argv = list(self.argv)
+        for i, arg in enumerate(argv[:-1]):
+            if arg == "--api-key":
+                argv[i + 1] = "***"
+        return argv
+
 
 def to_vllm(config: ServerConfig) -> VllmInvocation:
     """Turn the configuration into vLLM server arguments (the only place that does)."""

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -73,7 +72,7 @@ def serve(config: ServerConfig) -> None:
     args = parser.parse_args(list(invocation.argv))
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
-    logger.info("Starting vLLM: %s", " ".join(_redact(invocation.argv)))
+    logger.info("Starting vLLM: %s", " ".join(invocation.redacted_argv()))
     uvloop.run(run_server(args))
 
 
@@ -174,11 +173,3 @@ class ServerProcess:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-
-
-def _redact(argv: Sequence[str]) -> list[str]:
-    out = list(argv)
-    for i, arg in enumerate(out[:-1]):
-        if arg == "--api-key":
-            out[i + 1] = "***"
-    return out

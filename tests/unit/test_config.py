@@ -1,0 +1,156 @@
+"""ServerConfig -> vLLM arguments, flag/environment resolution, and the CLI's fast paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from audiotext.server import checkpoint
+from audiotext.server.cli import parse_args
+from audiotext.server.config import (
+    ServerConfig,
+    config_from_args,
+    to_cli_args,
+    to_vllm,
+)
+
+
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> ServerConfig:
+    args, extra = parse_args(["serve", *argv])
+    return config_from_args(args, extra, environ={} if environ is None else environ)
+
+
+def flag_value(argv: tuple[str, ...], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def test_defaults_are_tuned_for_qwen2_audio_on_cpu() -> None:
+    inv = to_vllm(ServerConfig(device="cpu"))
+    argv = inv.argv
+    assert flag_value(argv, "--model") == "Qwen/Qwen2-Audio-7B-Instruct"
+    assert flag_value(argv, "--served-model-name") == "Qwen/Qwen2-Audio-7B-Instruct"
+    assert flag_value(argv, "--max-model-len") == "8192"
+    assert json.loads(flag_value(argv, "--limit-mm-per-prompt")) == {"audio": 8}
+    assert flag_value(argv, "--kv-cache-memory-bytes") == str(4 * 2**30)
+    assert flag_value(argv, "--chat-template") == str(checkpoint.CHAT_TEMPLATE)
+    assert "--enable-prefix-caching" in argv
+    assert "--enable-chunked-prefill" in argv
+    assert "--gpu-memory-utilization" not in argv
+    assert "--enforce-eager" not in argv
+    assert inv.env == {"VLLM_PLUGINS": "audiotext_model"}
+
+
+def test_cuda_uses_memory_fraction_not_kv_bytes() -> None:
+    argv = to_vllm(ServerConfig(device="cuda", gpu_memory_utilization=0.8)).argv
+    assert flag_value(argv, "--gpu-memory-utilization") == "0.8"
+    assert "--kv-cache-memory-bytes" not in argv
+
+
+def test_builtin_model_resolves_to_cache_folder_and_keeps_its_name() -> None:
+    argv = to_vllm(ServerConfig(model="tiny")).argv
+    assert flag_value(argv, "--model") == str(checkpoint.builtin_path("tiny"))
+    assert flag_value(argv, "--served-model-name") == "tiny"
+
+
+def test_stock_loads_no_plugin_and_switches_turn_off() -> None:
+    config = ServerConfig(stock=True, enable_prefix_caching=False, enforce_eager=True)
+    inv = to_vllm(config)
+    assert inv.env == {"VLLM_PLUGINS": ""}
+    assert "--no-enable-prefix-caching" in inv.argv
+    assert "--enforce-eager" in inv.argv
+
+
+def test_unknown_flags_pass_through_last() -> None:
+    config = parse(["--port", "9000", "--swap-space", "2", "--", "--seed", "7"])
+    assert config.port == 9000
+    assert config.extra_args == ("--swap-space", "2", "--seed", "7")
+    assert to_vllm(config).argv[-4:] == ("--swap-space", "2", "--seed", "7")
+
+
+def test_flag_beats_environment_beats_default() -> None:
+    env = {"AUDIOTEXT_PORT": "9100", "AUDIOTEXT_MAX_NUM_SEQS": "16", "AUDIOTEXT_STOCK": "yes"}
+    config = parse(["--port", "9200"], env)
+    assert config.port == 9200
+    assert config.max_num_seqs == 16
+    assert config.stock is True
+    assert parse([], {}).max_num_seqs == ServerConfig().max_num_seqs
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("AUDIOTEXT_PORT", "eighty"), ("AUDIOTEXT_STOCK", "maybe")]
+)
+def test_bad_environment_value_is_a_clear_error(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        parse([], {name: value})
+
+
+def test_cli_args_reproduce_the_config_and_keep_the_key_out_of_argv() -> None:
+    config = ServerConfig(
+        model="tiny", port=1234, dtype="float32", enforce_eager=True,
+        enable_prefix_caching=False, api_key="sk-secret", extra_args=("--seed", "3"),
+    )  # fmt: skip
+    argv, env = to_cli_args(config)
+    assert "sk-secret" not in argv
+    environ = {k: v for k, v in env.items() if v}
+    assert parse(argv, environ) == config
+
+
+def test_api_key_reaches_vllm() -> None:
+    assert flag_value(to_vllm(ServerConfig(api_key="k")).argv, "--api-key") == "k"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    code = (
+        "import sys\n"
+        "from audiotext.server.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "heavy = sorted({'vllm', 'torch', 'transformers'} & set(sys.modules))\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_dry_run_prints_vllm_configuration_without_importing_vllm() -> None:
+    result = run_cli("serve", "--model", "tiny", "--max-num-seqs", "32", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert flag_value(tuple(shown["argv"]), "--max-num-seqs") == "32"
+    assert shown["env"] == {"VLLM_PLUGINS": "audiotext_model"}
+    assert "HEAVY []" in result.stderr
+
+
+def test_dry_run_redacts_the_api_key() -> None:
+    result = run_cli("serve", "--api-key", "sk-secret", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "sk-secret" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--port", "eighty"], "invalid int value"),
+        (["serve", "--model", "/no/such/checkpoint"], "neither a checkpoint folder"),
+        (["model", "build", "--size", "huge"], "invalid choice"),
+    ],
+)
+def test_bad_command_line_is_one_line_error(args: list[str], message: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_hub_model_offline_is_one_line_error() -> None:
+    import os
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = run_cli("serve", "--model", "nobody/no-such-model", env=env)
+    assert result.returncode == 2
+    assert "cannot get model 'nobody/no-such-model'" in result.stderr
+    assert "Traceback" not in result.stderr
