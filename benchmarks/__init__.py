@@ -1,1 +1,1 @@
-"""x"""
+"""audiotext's benchmark harness."""

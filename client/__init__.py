@@ -1,1 +1,1 @@
-"""x"""
+"""audiotext's client SDK (light: no vLLM, no torch)."""

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("audiotext").setLevel(logging.INFO)
     args, extra = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return _run(args, extra)
