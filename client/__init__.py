@@ -1,1 +1,47 @@
-"""audiotext's client SDK (light: no vLLM, no torch)."""
+"""audiotext's client SDK: the audio-text-to-text task on top of OpenAI audio chat.
+
+    from audiotext.client import AudioTextClient
+    client = AudioTextClient(base_url="http://localhost:8000/v1")
+    client.generate({"audio": "meeting.mp3", "text": "Summarize this in one sentence."})
+
+Light: it needs the OpenAI SDK and audio decoders, not vLLM or torch.
+"""
+
+from audiotext.client._audio import AudioSource, audio_token_count, load_audio
+from audiotext.client._client import AsyncAudioTextClient, AudioTextClient, BatchResult
+from audiotext.client._constants import DEFAULT_BASE_URL, SAMPLE_RATE
+from audiotext.client._core import Generation
+from audiotext.client._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    AudioTextError,
+    AuthenticationError,
+    BadRequestError,
+    InvalidAudioError,
+    InvalidRequestError,
+    OverloadedError,
+    ServerError,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "SAMPLE_RATE",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "AsyncAudioTextClient",
+    "AudioSource",
+    "AudioTextClient",
+    "AudioTextError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchResult",
+    "Generation",
+    "InvalidAudioError",
+    "InvalidRequestError",
+    "OverloadedError",
+    "ServerError",
+    "audio_token_count",
+    "load_audio",
+]

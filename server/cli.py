@@ -1,4 +1,4 @@
-"""The `audiotext` command: `serve`, `model`, `demo`.
+"""The `audiotext` command: `serve`, `model`, `ask`, `demo`.
 
 Heavy modules (vLLM, torch, transformers) are imported inside the commands, so `--help`
 and `serve --dry-run` answer at once.
@@ -46,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--size", choices=sorted(checkpoint.SIZES), default="tiny")
     build.add_argument("--seed", type=int, default=checkpoint.DEFAULT_SEED)
     build.add_argument("--out", type=Path, help="folder to write (default: the cache)")
+
+    from audiotext.client._cli import add_cli_args as add_ask_args
+
+    ask = commands.add_parser(
+        "ask",
+        help="ask a running server about audio",
+        description="Send audio and an optional instruction to a running server; print the answer.",
+    )
+    add_ask_args(ask)
 
     demo = commands.add_parser(
         "demo", help="start a server on the tiny checkpoint, ask one question, stop"
@@ -104,6 +113,15 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         out = args.out or checkpoint.builtin_path(args.size, args.seed)
         print(checkpoint.build(args.size, out, seed=args.seed))
         return 0
+    if args.command == "ask":
+        from audiotext.client import AudioTextError
+        from audiotext.client._cli import main as ask_main
+
+        try:
+            return ask_main(args)
+        except AudioTextError as e:
+            print(f"audiotext ask: error: {e}", file=sys.stderr)
+            return 1
     if args.command == "demo":
         from audiotext.server.demo import run_demo
 

@@ -1,0 +1,97 @@
+"""audiotext client errors.
+
+AudioTextError
+├── InvalidAudioError        bad audio, raised before any network call
+├── InvalidRequestError      a request or parameter the client can reject itself
+└── APIError                 the server or the network failed the request
+    ├── APIConnectionError   no answer: refused, reset, timed out
+    └── APIStatusError       an HTTP error status (.status_code, .message)
+        ├── BadRequestError          400, 404, 413, 422 ... (not retried)
+        ├── AuthenticationError      401, 403
+        ├── OverloadedError          429, 503 (retried, honouring Retry-After)
+        └── ServerError              other 5xx (retried)
+"""
+
+from __future__ import annotations
+
+import openai
+
+
+class AudioTextError(Exception):
+    """Root of every error the client raises."""
+
+
+class InvalidAudioError(AudioTextError, ValueError):
+    """The audio cannot be sent: missing file, undecodable, empty, or too short."""
+
+
+class InvalidRequestError(AudioTextError, ValueError):
+    """The request or its parameters are malformed."""
+
+
+class APIError(AudioTextError):
+    """The request reached for the server and failed there or on the way."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class APIConnectionError(APIError):
+    """The server could not be reached, or did not answer in time."""
+
+
+class APIStatusError(APIError):
+    """The server answered with an error status."""
+
+    def __init__(self, message: str, *, status_code: int, body: object = None) -> None:
+        super().__init__(f"{status_code}: {message}")
+        self.message = message
+        self.status_code = status_code
+        self.body = body
+
+
+class BadRequestError(APIStatusError):
+    """The server rejected the request (4xx)."""
+
+
+class AuthenticationError(APIStatusError):
+    """Missing or wrong API key (401, 403)."""
+
+
+class OverloadedError(APIStatusError):
+    """The server is busy (429, 503); try again later."""
+
+
+class ServerError(APIStatusError):
+    """The server failed (5xx)."""
+
+
+def from_openai(error: openai.OpenAIError) -> AudioTextError:
+    """Translate an OpenAI SDK error into this tree (the caller chains it with `from`)."""
+    if isinstance(error, openai.APIStatusError):
+        status = error.status_code
+        cls: type[APIStatusError]
+        if status in (401, 403):
+            cls = AuthenticationError
+        elif status in (429, 503):
+            cls = OverloadedError
+        elif status >= 500:
+            cls = ServerError
+        else:
+            cls = BadRequestError
+        return cls(_server_message(error), status_code=status, body=error.body)
+    if isinstance(error, openai.APIConnectionError):
+        return APIConnectionError(str(error))
+    return APIError(str(error))
+
+
+def _server_message(error: openai.APIStatusError) -> str:
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+    return error.message
