@@ -41,3 +41,35 @@ def wav_bytes(samples: np.ndarray, rate: int = SAMPLE_RATE, subtype: str = "FLOA
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def encode_with_pyav(samples: np.ndarray, rate: int, container: str, codec: str) -> bytes:
+    """Encode mono float samples with FFmpeg (PyAV) into a container, e.g. ("mp4", "aac")."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            samples[None, :].astype(np.float32), format="flt", layout="mono"
+        )
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def aligned_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 4000) -> float:
+    """Normalised correlation of two signals at their best alignment within `max_lag`
+    samples (lossy codecs add a little delay)."""
+    from scipy.signal import correlate, correlation_lags
+
+    xcorr = correlate(a, b, mode="full", method="fft")
+    lags = correlation_lags(len(a), len(b), mode="full")
+    window = np.abs(lags) <= max_lag
+    lag = int(lags[window][np.argmax(xcorr[window])])
+    x, y = (a[lag:], b) if lag >= 0 else (a, b[-lag:])
+    n = min(len(x), len(y))
+    return float(np.corrcoef(x[:n], y[:n])[0, 1])

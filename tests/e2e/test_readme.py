@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,23 +28,35 @@ def request_examples(language: str) -> list[str]:
     return [b for b in code_blocks(language) if README_URL in b]
 
 
-def test_python_example(server: ServerProcess) -> None:
-    [example] = request_examples("python")
-    result = subprocess.run(
-        [sys.executable, "-c", aimed_at(example, server)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("{'generated_text': '")
-    assert result.stdout.strip() != "{'generated_text': ''}"
+def run(argv: list[str]) -> str:
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (argv, result.stderr)
+    return result.stdout
+
+
+def test_python_examples(server: ServerProcess) -> None:
+    sdk, batch, openai_sdk = request_examples("python")
+    for example in (sdk, openai_sdk):
+        out = run([sys.executable, "-c", aimed_at(example, server)])
+        assert out.startswith("{'generated_text': '")
+        assert out.strip() != "{'generated_text': ''}"
+    lines = run([sys.executable, "-c", aimed_at(batch, server)]).splitlines()
+    assert len(lines) == 4
+    assert all(line.startswith("{'generated_text': '") for line in lines)
+
+
+def test_audiotext_ask_examples(server: ServerProcess, tmp_path: Path) -> None:
+    block = next(b for b in code_blocks("bash") if "audiotext ask" in b)
+    for line in block.strip().splitlines():
+        argv = shlex.split(line.replace("results.jsonl", str(tmp_path / "results.jsonl")))
+        assert argv[0] == ".venv/bin/audiotext"
+        cli = [sys.executable, "-m", "audiotext.server.cli", *argv[1:]]
+        out = run([*cli, "--base-url", server.base_url, "--max-new-tokens", "8"])
+        assert out.strip() or (tmp_path / "results.jsonl").read_text().strip()
 
 
 def test_curl_example(server: ServerProcess) -> None:
     [example] = request_examples("bash")
-    result = subprocess.run(
-        ["bash", "-c", aimed_at(example, server)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert '"finish_reason"' in result.stdout
-    assert '"content":"' in result.stdout.replace(" ", "")
+    out = run(["bash", "-c", aimed_at(example, server)])
+    assert '"finish_reason"' in out
+    assert '"content":"' in out.replace(" ", "")
