@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import openai
-import soundfile
-from openai.types.chat import ChatCompletionContentPartParam
-
+from audiotext.client import AudioTextClient
 from audiotext.server.config import ServerConfig
 from audiotext.server.launcher import LaunchError, ServerProcess, free_port
 
 logger = logging.getLogger(__name__)
 
 
-def run_demo(audio: Path, text: str | None, model: str = "tiny") -> dict[str, str]:
+def run_demo(audio: Path, text: str | None, model: str = "tiny") -> dict[str, Any]:
     """Start a server, send `{"audio": audio, "text": text}`, stop it; return the answer."""
     if not audio.is_file():
         raise ValueError(f"audio file not found: {audio}")
@@ -39,22 +35,7 @@ def run_demo(audio: Path, text: str | None, model: str = "tiny") -> dict[str, st
             raise
 
 
-def ask(base_url: str, model: str, audio: Path, text: str | None) -> dict[str, str]:
-    """One task request as OpenAI audio chat: audio (as WAV) first, then the instruction."""
-    samples, rate = soundfile.read(audio, dtype="int16")
-    wav = io.BytesIO()
-    soundfile.write(wav, samples, rate, format="WAV", subtype="PCM_16")
-    data = base64.b64encode(wav.getvalue()).decode("ascii")
-    content: list[ChatCompletionContentPartParam] = [
-        {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
-    ]
-    if text:
-        content.append({"type": "text", "text": text})
-    client = openai.OpenAI(base_url=base_url, api_key="EMPTY")
-    response = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "user", "content": content}],
-        max_tokens=48,
-        temperature=0.0,
-    )
-    return {"generated_text": response.choices[0].message.content or ""}
+def ask(base_url: str, model: str, audio: Path, text: str | None) -> dict[str, Any]:
+    """The task request, through audiotext's client (greedy, short answer)."""
+    with AudioTextClient(base_url=base_url, model=model) as client:
+        return client.generate({"audio": audio, "text": text}, max_new_tokens=48, do_sample=False)

@@ -203,3 +203,32 @@ def test_cli_missing_file_is_one_line_error(server: ServerProcess) -> None:
     result = ask(server, "missing.wav")
     assert result.returncode == 1
     assert result.stderr.strip() == "audiotext ask: error: audio file not found: missing.wav"
+
+
+def test_fetch_urls_downloads_and_normalises_on_the_client(
+    server: ServerProcess, sdk: AudioTextClient
+) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    files = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(DATA)))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{files.server_address[1]}/speech_short.flac"
+        fetching = AudioTextClient(base_url=server.base_url, fetch_urls=True)
+        result = fetching.generate_result({"audio": url, "text": "Who?"}, **GREEDY)
+        with pytest.raises(InvalidAudioError, match="could not fetch"):
+            fetching.generate({"audio": url.replace("speech_short", "missing")})
+    finally:
+        files.shutdown()
+        files.server_close()
+    assert result.audio_seconds == pytest.approx(len(load_audio(SHORT)) / SAMPLE_RATE)
+    assert (
+        result.generated_text
+        == sdk.generate({"audio": SHORT, "text": "Who?"}, **GREEDY)["generated_text"]
+    )

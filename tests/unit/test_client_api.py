@@ -164,3 +164,19 @@ def test_batch_returns_failures_in_their_slots(stub: Stub) -> None:
     results = client.generate_batch([{"audio": SPEECH}, {"audio": "missing.wav"}], progress=False)
     assert isinstance(results[0], BadRequestError)
     assert isinstance(results[1], InvalidAudioError)
+
+
+def test_client_is_light() -> None:
+    import subprocess
+    import sys
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    names = " ".join(project["dependencies"]).lower()
+    assert not any(heavy in names for heavy in ("vllm", "torch", "transformers"))
+    code = (
+        "import sys, audiotext.client\n"
+        "print(sorted({'vllm', 'torch', 'transformers'} & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
