@@ -65,7 +65,7 @@ def prepare_audio(source: AudioSource, *, normalize: bool = True) -> PreparedAud
         return _wav_part(samples, rate, normalize)
     data = read_bytes(source)
     if not normalize:
-        url = f"data:{_sniff_mime(data, source)};base64,{base64.b64encode(data).decode()}"
+        url = f"data:{sniff_mime(data, source)};base64,{base64.b64encode(data).decode()}"
         return PreparedAudio({"type": "audio_url", "audio_url": {"url": url}}, None)
     samples, rate = decode(data)
     return _wav_part(samples, rate, normalize)
@@ -232,7 +232,8 @@ _MAGIC = (
 )
 
 
-def _sniff_mime(data: bytes, source: object) -> str:
+def sniff_mime(data: bytes, source: object = None) -> str:
+    """The audio media type of encoded bytes, from their magic number or file name."""
     for magic, mime in _MAGIC:
         if data.startswith(magic):
             return mime

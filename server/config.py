@@ -23,7 +23,7 @@ from audiotext.server import checkpoint
 DEFAULT_MODEL = "Qwen/Qwen2-Audio-7B-Instruct"
 ENV_PREFIX = "AUDIOTEXT_"
 # vLLM entry points this project ships; the launcher allowlists them through VLLM_PLUGINS.
-PLUGINS = ("audiotext_model",)
+PLUGINS = ("audiotext_model", "audiotext_routes")
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -52,7 +52,10 @@ class ServerConfig:
     dtype: str = _opt("auto", "Weight and activation dtype (auto, float32, bfloat16, float16).")
     max_model_len: int = _opt(8192, "Context length in tokens (Qwen2-Audio-7B: 8192).")
     max_audios_per_prompt: int = _opt(
-        8, "Audio items allowed in one request (each is at most 750 tokens)."
+        10, "Audio items per request (30 s and 750 tokens at most each; long audio uses several)."
+    )
+    max_audio_seconds: float = _opt(
+        240.0, "Audio per request at most, in seconds; longer requests get 413."
     )
     max_num_seqs: int = _opt(64, "Sequences batched together at most.")
     max_num_batched_tokens: int = _opt(8192, "Tokens scheduled per engine step at most.")
@@ -138,7 +141,11 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
         argv += ["--api-key", config.api_key]
     argv += config.extra_args
     # An empty VLLM_PLUGINS allowlist loads no plugin at all: that is stock vLLM.
-    env = {"VLLM_PLUGINS": "" if config.stock else ",".join(PLUGINS)}
+    env = {
+        "VLLM_PLUGINS": "" if config.stock else ",".join(PLUGINS),
+        # Read by the routes plugin inside vLLM's process.
+        ENV_PREFIX + "MAX_AUDIO_SECONDS": _number(config.max_audio_seconds),
+    }
     return VllmInvocation(argv=tuple(argv), env=env)
 
 

@@ -73,3 +73,10 @@ def aligned_correlation(a: np.ndarray, b: np.ndarray, max_lag: int = 4000) -> fl
     x, y = (a[lag:], b) if lag >= 0 else (a, b[-lag:])
     n = min(len(x), len(y))
     return float(np.corrcoef(x[:n], y[:n])[0, 1])
+
+
+def speech_of(seconds: float) -> np.ndarray:
+    """Real speech of any length: the committed clips, repeated and cut."""
+    speech = np.concatenate([load_clip("25s"), load_clip("6s")])
+    repeats = int(np.ceil(seconds * SAMPLE_RATE / len(speech)))
+    return np.tile(speech, repeats)[: int(seconds * SAMPLE_RATE)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -55,8 +56,10 @@ def test_audiotext_ask_examples(server: ServerProcess, tmp_path: Path) -> None:
         assert out.strip() or (tmp_path / "results.jsonl").read_text().strip()
 
 
-def test_curl_example(server: ServerProcess) -> None:
-    [example] = request_examples("bash")
-    out = run(["bash", "-c", aimed_at(example, server)])
-    assert '"finish_reason"' in out
-    assert '"content":"' in out.replace(" ", "")
+def test_curl_examples(server: ServerProcess) -> None:
+    task, chat, transcription = request_examples("bash")
+    answer = json.loads(run(["bash", "-c", aimed_at(task, server)]))
+    assert answer["generated_text"] and answer["audio"]["windows"] == 1
+    completion = json.loads(run(["bash", "-c", aimed_at(chat, server)]))
+    assert completion["choices"][0]["message"]["content"]
+    assert json.loads(run(["bash", "-c", aimed_at(transcription, server)]))["text"]

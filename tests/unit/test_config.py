@@ -33,14 +33,22 @@ def test_defaults_are_tuned_for_qwen2_audio_on_cpu() -> None:
     assert flag_value(argv, "--model") == "Qwen/Qwen2-Audio-7B-Instruct"
     assert flag_value(argv, "--served-model-name") == "Qwen/Qwen2-Audio-7B-Instruct"
     assert flag_value(argv, "--max-model-len") == "8192"
-    assert json.loads(flag_value(argv, "--limit-mm-per-prompt")) == {"audio": 8}
+    assert json.loads(flag_value(argv, "--limit-mm-per-prompt")) == {"audio": 10}
     assert flag_value(argv, "--kv-cache-memory-bytes") == str(4 * 2**30)
     assert flag_value(argv, "--chat-template") == str(checkpoint.CHAT_TEMPLATE)
     assert "--enable-prefix-caching" in argv
     assert "--enable-chunked-prefill" in argv
     assert "--gpu-memory-utilization" not in argv
     assert "--enforce-eager" not in argv
-    assert inv.env == {"VLLM_PLUGINS": "audiotext_model"}
+    assert inv.env == {
+        "VLLM_PLUGINS": "audiotext_model,audiotext_routes",
+        "AUDIOTEXT_MAX_AUDIO_SECONDS": "240",
+    }
+
+
+def test_max_audio_seconds_reaches_the_routes_plugin() -> None:
+    env = to_vllm(ServerConfig(max_audio_seconds=90)).env
+    assert env["AUDIOTEXT_MAX_AUDIO_SECONDS"] == "90"
 
 
 def test_cuda_uses_memory_fraction_not_kv_bytes() -> None:
@@ -58,7 +66,7 @@ def test_builtin_model_resolves_to_cache_folder_and_keeps_its_name() -> None:
 def test_stock_loads_no_plugin_and_switches_turn_off() -> None:
     config = ServerConfig(stock=True, enable_prefix_caching=False, enforce_eager=True)
     inv = to_vllm(config)
-    assert inv.env == {"VLLM_PLUGINS": ""}
+    assert inv.env["VLLM_PLUGINS"] == ""
     assert "--no-enable-prefix-caching" in inv.argv
     assert "--enforce-eager" in inv.argv
 
@@ -121,7 +129,7 @@ def test_dry_run_prints_vllm_configuration_without_importing_vllm() -> None:
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert flag_value(tuple(shown["argv"]), "--max-num-seqs") == "32"
-    assert shown["env"] == {"VLLM_PLUGINS": "audiotext_model"}
+    assert shown["env"]["VLLM_PLUGINS"] == "audiotext_model,audiotext_routes"
     assert "HEAVY []" in result.stderr
 
 

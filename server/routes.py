@@ -1,0 +1,391 @@
+"""audiotext's HTTP routes, served by vLLM's own API server through the endpoint plugin.
+
+- `POST /v1/chat/completions`: vLLM's route, with long audio given whole (see
+  `long_audio`) and the audio heard reported as `"audio": {"seconds", "windows"}`.
+- `POST /v1/audio-text-to-text`: the Hugging Face task shape, run through the same chat
+  serving path (same engine, batching and caches).
+- `POST /v1/audio/transcriptions`, `/v1/audio/translations`: OpenAI's multipart routes,
+  window by window, windows running concurrently through the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Literal
+
+import httpx
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+)
+from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.entrypoints.serve.utils.api_utils import (
+    load_aware_call,
+    validate_json_request,
+    with_cancellation,
+)
+from vllm.entrypoints.serve.utils.sse_keep_alive import with_sse_keep_alive
+
+from audiotext.client._audio import decode, to_model_rate
+from audiotext.client._constants import MAX_FETCH_BYTES, SAMPLE_RATE
+from audiotext.client._core import completion_params
+from audiotext.client._exceptions import InvalidAudioError, InvalidRequestError
+from audiotext.server.long_audio import (
+    WINDOW_S,
+    AudioLimits,
+    AudioRequestError,
+    AudioUsage,
+    check_limits,
+    expand_messages,
+    split_windows,
+    wav_part,
+)
+
+router = APIRouter()
+
+FETCH_TIMEOUT_S = 30.0
+# Per window of at most 30 s: Whisper's own cap on tokens per window.
+TRANSCRIPT_MAX_TOKENS = 448
+TRANSCRIBE_PROMPT = "Transcribe the speech in this audio exactly, word for word."
+TRANSLATE_PROMPT = "Translate the speech in this audio into English."
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    HTTPStatus.BAD_REQUEST.value: {"model": ErrorResponse},
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value: {"model": ErrorResponse},
+}
+
+
+@dataclass
+class RouteState:
+    """Per-app state the routes share: limits and the client that fetches audio URLs."""
+
+    limits: AudioLimits
+    http: httpx.AsyncClient
+
+
+class TaskInputs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    audio: str | list[str] = Field(description="http(s) URL, data: URL or base64 audio")
+    text: str | None = Field(default=None, description="instruction or question")
+
+
+class TaskRequest(BaseModel):
+    """The Hugging Face audio-text-to-text request, flat or in the inference form."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audio: str | list[str] | None = Field(
+        default=None, description="http(s) URL, data: URL or base64 audio; a list for several"
+    )
+    text: str | None = Field(default=None, description="instruction or question (optional)")
+    inputs: TaskInputs | None = Field(default=None, description="inference form: {audio, text}")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="max_new_tokens, temperature, top_p, top_k, do_sample, seed, stop, "
+        "repetition_penalty, and any other vLLM sampling parameter",
+    )
+    model: str | None = Field(default=None, description="served model name (default: the one)")
+    stream: bool = Field(default=False, description="stream server-sent events")
+
+
+class AudioHeard(BaseModel):
+    seconds: float = Field(description="seconds of audio the model heard")
+    windows: int = Field(description="audio items it heard them in (30 s at most each)")
+
+
+class TaskResponse(BaseModel):
+    generated_text: str
+    finish_reason: str | None
+    usage: dict[str, Any]
+    audio: AudioHeard
+
+
+@router.post(
+    "/v1/chat/completions",
+    dependencies=[Depends(validate_json_request)],
+    responses={HTTPStatus.OK.value: {"content": {"text/event-stream": {}}}, **ERROR_RESPONSES},
+)
+@with_cancellation
+@load_aware_call
+async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request) -> Response:
+    """vLLM's chat completions, hearing long audio whole."""
+    try:
+        usage = await _expand_audio(request, raw_request)
+    except AudioRequestError as e:
+        return error_response(e.message, e.status, e.param)
+    result = await _chat(raw_request).create_chat_completion(request, raw_request)
+    if isinstance(result, ErrorResponse):
+        return JSONResponse(result.model_dump(), status_code=result.error.code)
+    if isinstance(result, ChatCompletionResponse):
+        body = {**result.model_dump(), "audio": usage.as_dict()}
+        return JSONResponse(body, headers=_audio_headers(usage))
+    return StreamingResponse(
+        _keep_alive(result, raw_request),
+        media_type="text/event-stream",
+        headers=_audio_headers(usage),
+    )
+
+
+@router.post(
+    "/v1/audio-text-to-text",
+    response_model=TaskResponse,
+    responses={HTTPStatus.OK.value: {"content": {"text/event-stream": {}}}, **ERROR_RESPONSES},
+)
+@with_cancellation
+@load_aware_call
+async def audio_text_to_text(request: TaskRequest, raw_request: Request) -> Response:
+    """`{"audio", "text"}` -> `{"generated_text"}`, or events when `"stream": true`."""
+    try:
+        chat_request = task_to_chat(request, _served_model(raw_request))
+        usage = await _expand_audio(chat_request, raw_request)
+    except AudioRequestError as e:
+        return error_response(e.message, e.status, e.param)
+    except (InvalidRequestError, ValidationError) as e:
+        return error_response(str(e), 400, "parameters")
+    result = await _chat(raw_request).create_chat_completion(chat_request, raw_request)
+    if isinstance(result, ErrorResponse):
+        return JSONResponse(result.model_dump(), status_code=result.error.code)
+    if isinstance(result, ChatCompletionResponse):
+        choice = result.choices[0]
+        return JSONResponse(
+            {
+                "generated_text": choice.message.content or "",
+                "finish_reason": choice.finish_reason,
+                "usage": result.usage.model_dump() if result.usage else {},
+                "audio": usage.as_dict(),
+            },
+            headers=_audio_headers(usage),
+        )
+    return StreamingResponse(
+        task_events(result, usage), media_type="text/event-stream", headers=_audio_headers(usage)
+    )
+
+
+@router.post("/v1/audio/transcriptions", responses=ERROR_RESPONSES)
+@with_cancellation
+async def create_transcription(
+    raw_request: Request,
+    file: UploadFile = File(..., description="audio file"),  # noqa: B008 (FastAPI's idiom)
+    model: str | None = Form(None),
+    prompt: str | None = Form(None, description="context: earlier text, names, spelling"),
+    language: str | None = Form(None, description="language of the speech, e.g. en"),
+    response_format: str = Form("json", description="json or text"),
+    temperature: float = Form(0.0),
+) -> Response:
+    """OpenAI's transcription route for Qwen2-Audio, long files window by window."""
+    return await _speech_to_text(
+        raw_request, file, model, prompt, language, response_format, temperature, "transcribe"
+    )
+
+
+@router.post("/v1/audio/translations", responses=ERROR_RESPONSES)
+@with_cancellation
+async def create_translation(
+    raw_request: Request,
+    file: UploadFile = File(..., description="audio file"),  # noqa: B008 (FastAPI's idiom)
+    model: str | None = Form(None),
+    prompt: str | None = Form(None, description="context: earlier text, names, spelling"),
+    response_format: str = Form("json", description="json or text"),
+    temperature: float = Form(0.0),
+) -> Response:
+    """OpenAI's translation route (into English) for Qwen2-Audio."""
+    return await _speech_to_text(
+        raw_request, file, model, prompt, None, response_format, temperature, "translate"
+    )
+
+
+def task_to_chat(task: TaskRequest, default_model: str) -> ChatCompletionRequest:
+    """The task request as a chat request: one user turn, audio first, then the text."""
+    inputs = task.inputs or TaskInputs(audio=task.audio or [], text=task.text)
+    if task.inputs is not None and (task.audio is not None or task.text is not None):
+        raise InvalidRequestError("give either 'inputs' or 'audio'/'text', not both")
+    sources = inputs.audio if isinstance(inputs.audio, list) else [inputs.audio]
+    if not sources:
+        raise AudioRequestError("the request has no 'audio'", param="audio")
+    content: list[dict[str, Any]] = [_audio_part(s) for s in sources]
+    if inputs.text:
+        content.append({"type": "text", "text": inputs.text})
+    params = completion_params(task.parameters)
+    params.update(params.pop("extra_body", {}))
+    body = {
+        "model": task.model or default_model,
+        "messages": [{"role": "user", "content": content}],
+        "stream": task.stream,
+        **params,
+    }
+    if task.stream:
+        body["stream_options"] = {"include_usage": True}
+    return ChatCompletionRequest.model_validate(body)
+
+
+async def task_events(chunks: AsyncIterator[str], usage: AudioUsage) -> AsyncIterator[str]:
+    """vLLM's chat chunks -> task events: `{"delta"}` each, then the whole answer, `[DONE]`."""
+    text: list[str] = []
+    final: dict[str, Any] = {"finish_reason": None, "usage": {}, "audio": usage.as_dict()}
+    async for event in chunks:
+        payload = event.removeprefix("data: ").strip()
+        if not payload:
+            continue
+        if payload == "[DONE]":
+            break
+        chunk = json.loads(payload)
+        if "error" in chunk:
+            yield f"data: {json.dumps(chunk)}\n\n"
+            return
+        for choice in chunk.get("choices", []):
+            delta = choice.get("delta", {}).get("content")
+            if delta:
+                text.append(delta)
+                yield f"data: {json.dumps({'delta': delta})}\n\n"
+            final["finish_reason"] = choice.get("finish_reason") or final["finish_reason"]
+        final["usage"] = chunk.get("usage") or final["usage"]
+    yield f"data: {json.dumps({'generated_text': ''.join(text), **final})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def error_response(message: str, status: int, param: str | None = None) -> JSONResponse:
+    """An OpenAI-style error object."""
+    kind = "RequestTooLarge" if status == 413 else "BadRequestError"
+    error = {"message": message, "type": kind, "param": param, "code": status}
+    return JSONResponse({"error": error}, status_code=status)
+
+
+async def fetch_audio(http: httpx.AsyncClient, url: str) -> bytes:
+    """Download audio, capped at MAX_FETCH_BYTES; failures are the client's 400."""
+    try:
+        async with http.stream("GET", url) as response:
+            response.raise_for_status()
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_FETCH_BYTES:
+                    raise AudioRequestError(f"audio at {url} is over {MAX_FETCH_BYTES} bytes", 413)
+                chunks.append(chunk)
+    except httpx.HTTPError as e:
+        raise AudioRequestError(f"could not fetch audio from {url}: {e}", param="audio_url") from e
+    return b"".join(chunks)
+
+
+async def _speech_to_text(
+    raw_request: Request,
+    file: UploadFile,
+    model: str | None,
+    prompt: str | None,
+    language: str | None,
+    response_format: str,
+    temperature: float,
+    task: Literal["transcribe", "translate"],
+) -> Response:
+    if response_format not in ("json", "text"):
+        return error_response(
+            f"response_format {response_format!r} is not supported; use json or text",
+            400,
+            "response_format",
+        )
+    state = _state(raw_request)
+    try:
+        samples = await asyncio.to_thread(
+            lambda data: to_model_rate(*decode(data)), await file.read()
+        )
+        windows = split_windows(samples) if len(samples) > WINDOW_S * SAMPLE_RATE else [samples]
+        usage = AudioUsage()
+        usage.add(len(samples), windows=len(windows))
+        check_limits(usage, AudioLimits(state.limits.max_seconds, len(windows), 2**62))
+    except InvalidAudioError as e:
+        return error_response(str(e), 400, "file")
+    except AudioRequestError as e:
+        return error_response(e.message, e.status, "file")
+    instruction = TRANSCRIBE_PROMPT if task == "transcribe" else TRANSLATE_PROMPT
+    if language:
+        instruction += f" The speech is in {language}."
+    if prompt:
+        instruction += f" Context: {prompt}"
+    requests = [
+        ChatCompletionRequest.model_validate(
+            {
+                "model": model or _served_model(raw_request),
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [wav_part(w), {"type": "text", "text": instruction}],
+                    }
+                ],
+                "temperature": temperature,
+                "max_tokens": TRANSCRIPT_MAX_TOKENS,
+            }
+        )
+        for w in windows
+    ]
+    handler = _chat(raw_request)
+    # Windows are independent requests: the engine batches them together.
+    results = await asyncio.gather(*(handler.create_chat_completion(r, None) for r in requests))
+    texts = []
+    for result in results:
+        if isinstance(result, ErrorResponse):
+            return JSONResponse(result.model_dump(), status_code=result.error.code)
+        assert isinstance(result, ChatCompletionResponse)
+        texts.append((result.choices[0].message.content or "").strip())
+    text = " ".join(t for t in texts if t)
+    if response_format == "text":
+        return PlainTextResponse(text, headers=_audio_headers(usage))
+    return JSONResponse(
+        {
+            "text": text,
+            "usage": {"type": "duration", "seconds": round(usage.seconds, 3)},
+            "audio": usage.as_dict(),
+        },
+        headers=_audio_headers(usage),
+    )
+
+
+async def _expand_audio(request: ChatCompletionRequest, raw_request: Request) -> AudioUsage:
+    state = _state(raw_request)
+    messages, usage = await expand_messages(
+        request.messages, lambda url: fetch_audio(state.http, url), state.limits, asyncio.to_thread
+    )
+    request.messages = messages
+    return usage
+
+
+def _audio_part(source: str) -> dict[str, Any]:
+    if source.startswith(("http://", "https://", "data:")):
+        return {"type": "audio_url", "audio_url": {"url": source}}
+    return {"type": "input_audio", "input_audio": {"data": source, "format": "wav"}}
+
+
+def _audio_headers(usage: AudioUsage) -> dict[str, str]:
+    return {"X-Audio-Seconds": f"{usage.seconds:.3f}", "X-Audio-Windows": str(usage.windows)}
+
+
+async def _keep_alive(
+    chunks: AsyncGenerator[str, None], raw_request: Request
+) -> AsyncIterator[str]:
+    args = getattr(raw_request.app.state, "args", None)
+    async for chunk in with_sse_keep_alive(
+        chunks, float(getattr(args, "sse_keep_alive_interval", 0))
+    ):
+        yield chunk
+
+
+def _chat(raw_request: Request) -> OpenAIServingChat:
+    handler: OpenAIServingChat | None = raw_request.app.state.openai_serving_chat
+    if handler is None:
+        raise NotImplementedError("the model does not support chat completions")
+    return handler
+
+
+def _served_model(raw_request: Request) -> str:
+    return str(raw_request.app.state.openai_serving_models.base_model_paths[0].name)
+
+
+def _state(raw_request: Request) -> RouteState:
+    state: RouteState = raw_request.app.state.audiotext
+    return state

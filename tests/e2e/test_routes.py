@@ -1,0 +1,188 @@
+"""audiotext's routes on the real server: the task endpoint, transcriptions, long audio."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from audiotext.server.launcher import ServerProcess
+from tests.conftest import b64, load_clip, speech_of, wav_bytes
+
+QUESTION = "What does the person say?"
+GREEDY = {"max_new_tokens": 8, "do_sample": False}
+
+
+@pytest.fixture(scope="module")
+def http(server: ServerProcess) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url.removesuffix("/v1"), timeout=120)
+
+
+def chat(client: openai.OpenAI, *audios: bytes, stream: bool = False) -> Any:
+    parts: list[Any] = [
+        {"type": "input_audio", "input_audio": {"data": b64(a), "format": "wav"}} for a in audios
+    ]
+    return client.chat.completions.with_raw_response.create(
+        model="tiny",
+        messages=[{"role": "user", "content": [*parts, {"type": "text", "text": QUESTION}]}],
+        max_tokens=8,
+        temperature=0,
+        stream=stream,
+    )
+
+
+def test_task_endpoint_answers_and_matches_chat(http: httpx.Client, client: openai.OpenAI) -> None:
+    wav = wav_bytes(load_clip("6s"))
+    reply = http.post(
+        "/v1/audio-text-to-text", json={"audio": b64(wav), "text": QUESTION, "parameters": GREEDY}
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["generated_text"]
+    assert body["audio"] == {
+        "seconds": pytest.approx(len(load_clip("6s")) / 16000, abs=1e-3),
+        "windows": 1,
+    }
+    chat_reply = chat(client, wav).parse()
+    assert body["generated_text"] == chat_reply.choices[0].message.content
+    assert body["usage"]["prompt_tokens"] == chat_reply.usage.prompt_tokens
+
+
+def test_inference_form_and_data_url_give_the_same_answer(http: httpx.Client) -> None:
+    wav = wav_bytes(load_clip("1s"))
+    flat = http.post(
+        "/v1/audio-text-to-text", json={"audio": b64(wav), "text": QUESTION, "parameters": GREEDY}
+    )
+    inference = http.post(
+        "/v1/audio-text-to-text",
+        json={
+            "inputs": {"audio": f"data:audio/wav;base64,{b64(wav)}", "text": QUESTION},
+            "parameters": GREEDY,
+        },
+    )
+    assert inference.status_code == 200, inference.text
+    assert inference.json()["generated_text"] == flat.json()["generated_text"]
+
+
+def test_task_streaming_events_join_to_the_answer(http: httpx.Client) -> None:
+    request = {"audio": b64(wav_bytes(load_clip("1s"))), "text": QUESTION, "parameters": GREEDY}
+    whole = http.post("/v1/audio-text-to-text", json=request).json()
+    with http.stream("POST", "/v1/audio-text-to-text", json={**request, "stream": True}) as events:
+        assert events.headers["content-type"].startswith("text/event-stream")
+        payloads = [
+            line.removeprefix("data: ") for line in events.iter_lines() if line.startswith("data: ")
+        ]
+    assert payloads[-1] == "[DONE]"
+    deltas = [json.loads(p)["delta"] for p in payloads[:-2]]
+    final = json.loads(payloads[-2])
+    assert "".join(deltas) == final["generated_text"] == whole["generated_text"]
+    assert final["finish_reason"] == whole["finish_reason"]
+    assert final["usage"]["completion_tokens"] == whole["usage"]["completion_tokens"]
+    assert final["audio"] == whole["audio"]
+
+
+def test_several_audios_in_one_request(http: httpx.Client) -> None:
+    audios = [b64(wav_bytes(load_clip("1s"))), b64(wav_bytes(load_clip("6s")))]
+    body = http.post("/v1/audio-text-to-text", json={"audio": audios, "parameters": GREEDY}).json()
+    single = http.post(
+        "/v1/audio-text-to-text", json={"audio": audios[1], "parameters": GREEDY}
+    ).json()
+    assert body["audio"]["windows"] == 2
+    assert body["usage"]["prompt_tokens"] > single["usage"]["prompt_tokens"]
+
+
+@pytest.mark.parametrize(("seconds", "windows"), [(10, 1), (45, 2), (95, 4)])
+def test_long_audio_is_heard_whole_on_chat(
+    client: openai.OpenAI, seconds: int, windows: int
+) -> None:
+    raw = chat(client, wav_bytes(speech_of(seconds)))
+    reply = raw.parse()
+    assert int(raw.headers["x-audio-windows"]) == windows
+    assert reply.model_extra["audio"] == {"seconds": float(seconds), "windows": windows}
+    # Stock vLLM gives any clip at most 750 audio tokens; here every window counts.
+    full_windows = seconds // 30
+    assert reply.usage.prompt_tokens > 700 * full_windows + 25 * (seconds % 30)
+
+
+def test_streamed_chat_reports_the_windows_in_headers(client: openai.OpenAI) -> None:
+    raw = chat(client, wav_bytes(speech_of(45)), stream=True)
+    assert raw.headers["x-audio-windows"] == "2"
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices)
+    assert text == chat(client, wav_bytes(speech_of(45))).parse().choices[0].message.content
+
+
+def test_too_long_audio_is_refused_with_the_limit(
+    client: openai.OpenAI, http: httpx.Client
+) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        chat(client, wav_bytes(speech_of(250)))
+    assert caught.value.status_code == 413
+    assert "at most 240 s" in caught.value.message
+    reply = http.post("/v1/audio-text-to-text", json={"audio": b64(wav_bytes(speech_of(250)))})
+    assert reply.status_code == 413
+    assert "--max-audio-seconds" in reply.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("request_", "param"),
+    [
+        ({"audio": "@@@ not base64 @@@"}, "input_audio.data"),
+        ({"text": "no audio"}, "audio"),
+        ({"audio": "AAAA", "unknown": 1}, None),
+        ({"audio": b64(b"0" * 3000), "parameters": {"n": 3}}, "parameters"),
+    ],
+)
+def test_bad_task_requests_are_4xx(
+    http: httpx.Client, request_: dict[str, Any], param: str | None
+) -> None:
+    reply = http.post("/v1/audio-text-to-text", json=request_)
+    assert 400 <= reply.status_code < 500, reply.text
+    if param:
+        assert reply.json()["error"]["param"] == param
+
+
+def test_openai_sdk_transcribes_and_translates(client: openai.OpenAI) -> None:
+    short = wav_bytes(load_clip("6s"))
+    transcript = client.audio.transcriptions.create(
+        model="tiny", file=("clip.wav", short, "audio/wav")
+    )
+    assert transcript.text
+    assert transcript.model_extra["audio"]["windows"] == 1
+    long = client.audio.transcriptions.create(
+        model="tiny", file=("long.wav", wav_bytes(speech_of(45)), "audio/wav"), language="en"
+    )
+    assert long.model_extra["audio"] == {"seconds": 45.0, "windows": 2}
+    as_text = client.audio.transcriptions.create(
+        model="tiny", file=("clip.wav", short, "audio/wav"), response_format="text"
+    )
+    assert isinstance(as_text, str) and as_text.strip() == transcript.text
+    translation = client.audio.translations.create(
+        model="tiny", file=("clip.wav", short, "audio/wav")
+    )
+    assert translation.text
+
+
+def test_transcription_rejects_unsupported_format_and_bad_audio(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="json or text"):
+        client.audio.transcriptions.create(
+            model="tiny",
+            file=("c.wav", wav_bytes(load_clip("1s")), "audio/wav"),
+            response_format="srt",
+        )
+    with pytest.raises(openai.BadRequestError, match="decode"):
+        client.audio.transcriptions.create(
+            model="tiny", file=("c.wav", b"not audio" * 100, "audio/wav")
+        )
+
+
+def test_routes_are_in_the_openapi_schema(http: httpx.Client) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    for path in ("/v1/audio-text-to-text", "/v1/audio/transcriptions", "/v1/audio/translations"):
+        assert "post" in paths[path]
+    schema = paths["/v1/audio-text-to-text"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
+    assert schema["$ref"].endswith("/TaskRequest")
