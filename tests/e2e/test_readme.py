@@ -57,7 +57,7 @@ def test_audiotext_ask_examples(server: ServerProcess, tmp_path: Path) -> None:
 
 
 def test_curl_examples(server: ServerProcess) -> None:
-    task, chat, transcription = request_examples("bash")
+    task, transcription, chat = request_examples("bash")
     answer = json.loads(run(["bash", "-c", aimed_at(task, server)]))
     assert answer["generated_text"] and answer["audio"]["windows"] == 1
     completion = json.loads(run(["bash", "-c", aimed_at(chat, server)]))
