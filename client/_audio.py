@@ -26,7 +26,7 @@ import soundfile
 import soxr
 
 from audiotext.client._constants import HOP_LENGTH, SAMPLE_RATE
-from audiotext.client._exceptions import InvalidAudioError
+from audiotext.client._exceptions import AudioTooLongError, InvalidAudioError
 
 Samples: TypeAlias = npt.NDArray[np.float32]
 # A path, a URL, encoded bytes, a binary file object, samples at 16 kHz, (samples, rate),
@@ -99,16 +99,28 @@ def read_bytes(source: AudioSource) -> bytes:
     raise InvalidAudioError(f"unsupported audio source of type {type(source).__name__}")
 
 
-def decode(data: bytes) -> tuple[npt.NDArray[np.float32], int]:
-    """Encoded audio -> (samples as frames x channels float32, sampling rate)."""
+def decode(data: bytes, max_seconds: float | None = None) -> tuple[npt.NDArray[np.float32], int]:
+    """Encoded audio -> (samples as frames x channels float32, sampling rate).
+
+    With `max_seconds`, longer audio raises `AudioTooLongError` before it is decoded
+    further (a small file can expand to hours of samples).
+    """
     if not data:
         raise InvalidAudioError("audio is empty (0 bytes)")
     try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        return samples, int(rate)
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            _check_length(f.frames / f.samplerate, max_seconds)
+            return f.read(dtype="float32", always_2d=True), int(f.samplerate)
     except (soundfile.LibsndfileError, RuntimeError, TypeError):
         pass  # not a libsndfile format (M4A, WebM, ...): FFmpeg through PyAV
-    return _decode_with_pyav(data)
+    return _decode_with_pyav(data, max_seconds)
+
+
+def _check_length(seconds: float, max_seconds: float | None) -> None:
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioTooLongError(
+            f"audio is {seconds:.1f} s long; at most {max_seconds:g} s is accepted", seconds
+        )
 
 
 def to_model_rate(samples: npt.NDArray[Any], rate: int) -> Samples:
@@ -193,7 +205,9 @@ def _data_url_bytes(url: str) -> bytes:
         raise InvalidAudioError(f"data URL is not valid base64: {e}") from e
 
 
-def _decode_with_pyav(data: bytes) -> tuple[npt.NDArray[np.float32], int]:
+def _decode_with_pyav(
+    data: bytes, max_seconds: float | None = None
+) -> tuple[npt.NDArray[np.float32], int]:
     import av
 
     try:
@@ -201,11 +215,12 @@ def _decode_with_pyav(data: bytes) -> tuple[npt.NDArray[np.float32], int]:
             if not container.streams.audio:
                 raise InvalidAudioError("the file has no audio stream")
             stream = container.streams.audio[0]
-            chunks = [
-                frame.to_ndarray().reshape(frame.layout.nb_channels, -1)
-                for frame in _planar_float(container.decode(stream))
-            ]
             rate = stream.codec_context.sample_rate
+            chunks, frames = [], 0
+            for frame in _planar_float(container.decode(stream)):
+                chunks.append(frame.to_ndarray().reshape(frame.layout.nb_channels, -1))
+                frames += chunks[-1].shape[1]
+                _check_length(frames / (rate or 1), max_seconds)
     except av.error.FFmpegError as e:
         raise InvalidAudioError(f"could not decode audio: not a supported format ({e})") from e
     if not chunks:

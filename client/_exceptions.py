@@ -2,6 +2,7 @@
 
 AudioTextError
 ├── InvalidAudioError        bad audio, raised before any network call
+│   └── AudioTooLongError    longer than accepted
 ├── InvalidRequestError      a request or parameter the client can reject itself
 └── APIError                 the server or the network failed the request
     ├── APIConnectionError   no answer: refused, reset, timed out
@@ -23,6 +24,14 @@ class AudioTextError(Exception):
 
 class InvalidAudioError(AudioTextError, ValueError):
     """The audio cannot be sent: missing file, undecodable, empty, or too short."""
+
+
+class AudioTooLongError(InvalidAudioError):
+    """The audio is longer than accepted (found while decoding, before decoding it all)."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
 
 
 class InvalidRequestError(AudioTextError, ValueError):

@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         config = config_from_args(args, extra)
         if args.dry_run:
             invocation = to_vllm(config)
-            shown = {"env": dict(invocation.env), "argv": invocation.redacted_argv()}
+            shown = {"env": invocation.redacted_env(), "argv": invocation.redacted_argv()}
             print(json.dumps(shown, indent=2))
             return 0
         from audiotext.server.launcher import LaunchError, serve

@@ -74,7 +74,27 @@ class ServerConfig:
         "Jinja chat template; the bundled one renders like Qwen2-Audio-7B-Instruct's "
         "and also understands vLLM's typed audio parts.",
     )
-    api_key: str | None = _opt(None, "Require this bearer token on the API.")
+    api_key: str | None = _opt(
+        None, "Require this bearer token on every route but /health, /metrics and the docs."
+    )
+    media_folder: str | None = _opt(
+        None, "Folder that file:// audio URLs may read from (default: file:// refused)."
+    )
+    media_domains: str | None = _opt(
+        None, "Comma-separated domains audio URLs may use (default: any public host)."
+    )
+    fetch_timeout_s: float = _opt(30.0, "Timeout for fetching one audio URL, in seconds.")
+    max_fetch_mb: float = _opt(64.0, "Largest audio download, in MiB.")
+    max_body_mb: float = _opt(64.0, "Largest request body, in MiB; larger gets 413.")
+    max_queued_requests: int = _opt(
+        256, "Requests in flight at most; beyond, 503 with Retry-After."
+    )
+    request_timeout_s: float = _opt(
+        600.0, "Deadline for one request, in seconds; past it the request is aborted (504)."
+    )
+    drain_timeout_s: int = _opt(
+        30, "On SIGTERM, seconds in-flight requests get to finish (vLLM --shutdown-timeout)."
+    )
     stock: bool = _opt(False, "Serve with stock vLLM only: load none of audiotext's plugins.")
     extra_args: tuple[str, ...] = field(default=(), metadata={"cli": False})
 
@@ -112,6 +132,11 @@ class VllmInvocation:
                 argv[i + 1] = "***"
         return argv
 
+    def redacted_env(self) -> dict[str, str]:
+        """The environment, safe to print or log: the API key masked."""
+        key = ENV_PREFIX + "API_KEY"
+        return {k: "***" if k == key else v for k, v in self.env.items()}
+
 
 def to_vllm(config: ServerConfig) -> VllmInvocation:
     """Turn the configuration into vLLM server arguments (the only place that does)."""
@@ -139,14 +164,32 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
         argv.append("--enforce-eager")
     if config.api_key:
         argv += ["--api-key", config.api_key]
+    argv += ["--shutdown-timeout", str(config.drain_timeout_s)]
     argv += config.extra_args
     # An empty VLLM_PLUGINS allowlist loads no plugin at all: that is stock vLLM.
-    env = {
-        "VLLM_PLUGINS": "" if config.stock else ",".join(PLUGINS),
-        # Read by the routes plugin inside vLLM's process.
-        ENV_PREFIX + "MAX_AUDIO_SECONDS": _number(config.max_audio_seconds),
-    }
+    # The plugins, inside vLLM's process, read the configuration back from AUDIOTEXT_*.
+    env = {"VLLM_PLUGINS": "" if config.stock else ",".join(PLUGINS), **_environment(config)}
     return VllmInvocation(argv=tuple(argv), env=env)
+
+
+def config_from_env(environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """The configuration as the launcher exported it (for code running inside vLLM)."""
+    return config_from_args(argparse.Namespace(), environ=environ)
+
+
+def _environment(config: ServerConfig) -> dict[str, str]:
+    env = {}
+    for f in dataclasses.fields(ServerConfig):
+        value = getattr(config, f.name)
+        if f.metadata.get("cli", True) and value is not None:
+            env[ENV_PREFIX + f.name.upper()] = _text(value)
+    return env
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _number(value) if isinstance(value, float) else str(value)
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:

@@ -1,10 +1,12 @@
 """Long audio without silent truncation.
 
 Qwen2-Audio hears at most 30 s per audio item; stock vLLM drops the rest without a word.
-Here every audio part of a chat request is inspected: up to 30 s it passes unchanged;
-longer audio is decoded, cut at quiet points into windows of at most 30 s (vLLM's
-energy-based splitter) and sent as consecutive audio items of the same turn. Requests
-whose audio exceeds the server's limits are refused with a message naming the limit.
+Here every audio part of a chat request is fetched (if remote), decoded and checked in
+the API process (empty, too short, undecodable or too long audio is the client's 400 or
+413, never a 500), then handed to vLLM as exact 16 kHz mono float WAV. Audio over 30 s is
+cut at quiet points into windows of at most 30 s (vLLM's energy-based splitter) and sent
+as consecutive audio items of the same turn. Text carrying Qwen2-Audio's control tokens
+is refused, so nobody can forge an audio placeholder or a turn.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from audiotext.client._audio import (
     audio_token_count,
     decode,
     min_samples,
-    sniff_mime,
     to_model_rate,
 )
 from audiotext.client._constants import SAMPLE_RATE
-from audiotext.client._exceptions import InvalidAudioError
+from audiotext.client._exceptions import AudioTooLongError, InvalidAudioError
+from audiotext.server.checkpoint import SPECIAL_TOKENS
 
 WINDOW_S = 30.0
 # Each cut is placed at the quietest 100 ms within the last second before a 30 s boundary.
@@ -103,10 +105,7 @@ def is_audio_part(part: object) -> bool:
 
 
 def audio_bytes_or_none(part: Mapping[str, Any]) -> tuple[bytes | None, str | None]:
-    """The inline bytes of an audio part, or (None, url) when it must be fetched.
-
-    Returns (None, None) for URLs this module leaves to vLLM (e.g. `file://`).
-    """
+    """The inline bytes of an audio part, or (None, url) when it must be fetched."""
     if part.get("type") == "input_audio":
         payload = (part.get("input_audio") or {}).get("data")
         return _b64(payload, "input_audio.data"), None
@@ -118,9 +117,21 @@ def audio_bytes_or_none(part: Mapping[str, Any]) -> tuple[bytes | None, str | No
         if not header.endswith(";base64"):
             raise AudioRequestError("audio data URLs must be base64", param="audio_url")
         return _b64(payload, "audio_url.url"), None
-    if url.startswith(("http://", "https://")):
+    if url.startswith(("http://", "https://", "file:")):
         return None, url
-    return None, None
+    scheme = url.partition(":")[0] if ":" in url else "none"
+    raise AudioRequestError(
+        f"audio URLs must be http(s), data: or file:, not {scheme}", param="audio_url"
+    )
+
+
+def check_text(text: str) -> None:
+    """Refuse Qwen2-Audio's control tokens in text: they would forge audio or turns."""
+    for token in SPECIAL_TOKENS:
+        if token in text:
+            raise AudioRequestError(
+                f"text contains the reserved token {token}; remove control tokens from text"
+            )
 
 
 async def expand_messages(
@@ -138,23 +149,23 @@ async def expand_messages(
     out: list[Any] = []
     for message in messages:
         content = message.get("content") if isinstance(message, Mapping) else None
-        if not isinstance(content, list) or not any(is_audio_part(p) for p in content):
+        if isinstance(content, str):
+            check_text(content)
+        if not isinstance(content, list):
             out.append(message)
             continue
         parts: list[Any] = []
         for part in content:
             if not is_audio_part(part):
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                    check_text(part["text"])
                 parts.append(part)
                 continue
             data, url = audio_bytes_or_none(part)
-            if data is None and url is None:
-                parts.append(part)  # left to vLLM (its own rules apply)
-                usage.windows += 1
-                continue
             if data is None:
                 assert url is not None
                 data = await fetch(url)
-            parts.extend(await run(_expand_one, part, data, url, usage))
+            parts.extend(await run(_expand_one, data, usage, limits))
         out.append({**message, "content": parts})
     check_limits(usage, limits)
     return out, usage
@@ -180,38 +191,23 @@ def check_limits(usage: AudioUsage, limits: AudioLimits) -> None:
         )
 
 
-def _expand_one(
-    part: Mapping[str, Any], data: bytes, url: str | None, usage: AudioUsage
-) -> list[dict[str, Any]]:
-    seconds = _probe_seconds(data)
-    if seconds is not None and seconds <= WINDOW_S + TOLERANCE_S:
-        usage.add(round(seconds * SAMPLE_RATE))
-        usage.tokens += audio_token_count(round(seconds * SAMPLE_RATE))
-        if url is None:
-            return [dict(part)]
-        encoded = base64.b64encode(data).decode("ascii")  # fetched once, here
-        return [
-            {"type": "audio_url", "audio_url": {"url": f"data:{sniff_mime(data)};base64,{encoded}"}}
-        ]
+def _expand_one(data: bytes, usage: AudioUsage, limits: AudioLimits) -> list[dict[str, Any]]:
+    """Decode one audio item (refusing it before decoding when it is too long)."""
+    budget = limits.max_seconds - usage.seconds + TOLERANCE_S
     try:
-        samples = to_model_rate(*decode(data))
+        samples = to_model_rate(*decode(data, max_seconds=budget))
+    except AudioTooLongError as e:
+        raise AudioRequestError(
+            f"audio is longer than {limits.max_seconds:g} s; this server accepts at most "
+            f"{limits.max_seconds:g} s per request (--max-audio-seconds)",
+            status=413,
+        ) from e
     except InvalidAudioError as e:
         raise AudioRequestError(str(e)) from e
     windows = split_windows(samples) if len(samples) > WINDOW_S * SAMPLE_RATE else [samples]
     usage.add(len(samples), windows=len(windows))
     usage.tokens += sum(audio_token_count(len(w)) for w in windows)
-    if len(windows) == 1 and url is None:
-        return [dict(part)]
     return [wav_part(w) for w in windows]
-
-
-def _probe_seconds(data: bytes) -> float | None:
-    """Duration from the header when libsndfile can read it (WAV, FLAC, OGG), else None."""
-    try:
-        info = soundfile.info(io.BytesIO(data))
-    except (soundfile.LibsndfileError, RuntimeError, TypeError):
-        return None
-    return float(info.frames) / info.samplerate if info.samplerate else None
 
 
 def _b64(payload: object, param: str) -> bytes:

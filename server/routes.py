@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal
 
-import httpx
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,23 +34,27 @@ from vllm.entrypoints.serve.utils.api_utils import (
 from vllm.entrypoints.serve.utils.sse_keep_alive import with_sse_keep_alive
 
 from audiotext.client._audio import decode, to_model_rate
-from audiotext.client._constants import MAX_FETCH_BYTES, SAMPLE_RATE
+from audiotext.client._constants import SAMPLE_RATE
 from audiotext.client._core import completion_params
-from audiotext.client._exceptions import InvalidAudioError, InvalidRequestError
+from audiotext.client._exceptions import (
+    AudioTooLongError,
+    InvalidAudioError,
+    InvalidRequestError,
+)
 from audiotext.server.long_audio import (
     WINDOW_S,
     AudioLimits,
     AudioRequestError,
     AudioUsage,
-    check_limits,
+    check_text,
     expand_messages,
     split_windows,
     wav_part,
 )
+from audiotext.server.media import MediaFetcher
 
 router = APIRouter()
 
-FETCH_TIMEOUT_S = 30.0
 # Per window of at most 30 s: Whisper's own cap on tokens per window.
 TRANSCRIPT_MAX_TOKENS = 448
 TRANSCRIBE_PROMPT = "Transcribe the speech in this audio exactly, word for word."
@@ -64,10 +67,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @dataclass
 class RouteState:
-    """Per-app state the routes share: limits and the client that fetches audio URLs."""
+    """Per-app state the routes share: limits and the guarded media fetcher."""
 
     limits: AudioLimits
-    http: httpx.AsyncClient
+    fetcher: MediaFetcher
 
 
 class TaskInputs(BaseModel):
@@ -258,22 +261,6 @@ def error_response(message: str, status: int, param: str | None = None) -> JSONR
     return JSONResponse({"error": error}, status_code=status)
 
 
-async def fetch_audio(http: httpx.AsyncClient, url: str) -> bytes:
-    """Download audio, capped at MAX_FETCH_BYTES; failures are the client's 400."""
-    try:
-        async with http.stream("GET", url) as response:
-            response.raise_for_status()
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_FETCH_BYTES:
-                    raise AudioRequestError(f"audio at {url} is over {MAX_FETCH_BYTES} bytes", 413)
-                chunks.append(chunk)
-    except httpx.HTTPError as e:
-        raise AudioRequestError(f"could not fetch audio from {url}: {e}", param="audio_url") from e
-    return b"".join(chunks)
-
-
 async def _speech_to_text(
     raw_request: Request,
     file: UploadFile,
@@ -290,19 +277,28 @@ async def _speech_to_text(
             400,
             "response_format",
         )
-    state = _state(raw_request)
+    limits = _state(raw_request).limits
     try:
+        if prompt:
+            check_text(prompt)
+        data = await file.read()
         samples = await asyncio.to_thread(
-            lambda data: to_model_rate(*decode(data)), await file.read()
+            lambda: to_model_rate(*decode(data, max_seconds=limits.max_seconds + 0.01))
         )
-        windows = split_windows(samples) if len(samples) > WINDOW_S * SAMPLE_RATE else [samples]
-        usage = AudioUsage()
-        usage.add(len(samples), windows=len(windows))
-        check_limits(usage, AudioLimits(state.limits.max_seconds, len(windows), 2**62))
+    except AudioTooLongError:
+        return error_response(
+            f"audio is longer than {limits.max_seconds:g} s; this server accepts at most "
+            f"{limits.max_seconds:g} s per request (--max-audio-seconds)",
+            413,
+            "file",
+        )
     except InvalidAudioError as e:
         return error_response(str(e), 400, "file")
     except AudioRequestError as e:
-        return error_response(e.message, e.status, "file")
+        return error_response(e.message, e.status, "prompt")
+    windows = split_windows(samples) if len(samples) > WINDOW_S * SAMPLE_RATE else [samples]
+    usage = AudioUsage()
+    usage.add(len(samples), windows=len(windows))
     instruction = TRANSCRIBE_PROMPT if task == "transcribe" else TRANSLATE_PROMPT
     if language:
         instruction += f" The speech is in {language}."
@@ -349,7 +345,7 @@ async def _speech_to_text(
 async def _expand_audio(request: ChatCompletionRequest, raw_request: Request) -> AudioUsage:
     state = _state(raw_request)
     messages, usage = await expand_messages(
-        request.messages, lambda url: fetch_audio(state.http, url), state.limits, asyncio.to_thread
+        request.messages, state.fetcher.fetch, state.limits, asyncio.to_thread
     )
     request.messages = messages
     return usage

@@ -6,15 +6,13 @@ which the launcher does unless `--stock` is given.
 
 from __future__ import annotations
 
-import os
 from argparse import Namespace
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
-from audiotext.server.config import ENV_PREFIX, ServerConfig
-
-MAX_AUDIO_SECONDS_ENV = ENV_PREFIX + "MAX_AUDIO_SECONDS"
+from audiotext.server.config import config_from_env
 
 
 class AudioTextRoutes:
@@ -24,22 +22,36 @@ class AudioTextRoutes:
     required_tasks = ("generate",)
 
     def attach_router(self, app: FastAPI) -> None:
+        from audiotext.server.guards import GuardMiddleware, GuardSettings
         from audiotext.server.routes import router
 
         app.include_router(router)
+        config = config_from_env()
+        settings = GuardSettings(
+            api_key=config.api_key,
+            max_body_bytes=int(config.max_body_mb * 2**20),
+            max_in_flight=config.max_queued_requests,
+            deadline_s=config.request_timeout_s,
+        )
+        app.add_middleware(GuardMiddleware, settings=settings)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
-        import httpx
-
         from audiotext.server.long_audio import AudioLimits
-        from audiotext.server.routes import FETCH_TIMEOUT_S, RouteState
+        from audiotext.server.media import MediaFetcher, MediaPolicy
+        from audiotext.server.routes import RouteState
 
+        config = config_from_env()
         model_config = engine_client.model_config
-        max_seconds = os.environ.get(MAX_AUDIO_SECONDS_ENV) or ServerConfig.max_audio_seconds
         limits = AudioLimits(
-            max_seconds=float(max_seconds),
+            max_seconds=config.max_audio_seconds,
             max_items=model_config.multimodal_config.get_limit_per_prompt("audio"),
             max_model_len=model_config.max_model_len,
         )
-        http = httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, follow_redirects=True)
-        state.audiotext = RouteState(limits=limits, http=http)
+        domains = {d.strip().lower() for d in (config.media_domains or "").split(",") if d.strip()}
+        policy = MediaPolicy(
+            max_bytes=int(config.max_fetch_mb * 2**20),
+            timeout_s=config.fetch_timeout_s,
+            allowed_domains=frozenset(domains),
+            local_folder=Path(config.media_folder) if config.media_folder else None,
+        )
+        state.audiotext = RouteState(limits=limits, fetcher=MediaFetcher(policy))

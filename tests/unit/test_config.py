@@ -13,6 +13,7 @@ from audiotext.server.cli import parse_args
 from audiotext.server.config import (
     ServerConfig,
     config_from_args,
+    config_from_env,
     to_cli_args,
     to_vllm,
 )
@@ -40,15 +41,18 @@ def test_defaults_are_tuned_for_qwen2_audio_on_cpu() -> None:
     assert "--enable-chunked-prefill" in argv
     assert "--gpu-memory-utilization" not in argv
     assert "--enforce-eager" not in argv
-    assert inv.env == {
-        "VLLM_PLUGINS": "audiotext_model,audiotext_routes",
-        "AUDIOTEXT_MAX_AUDIO_SECONDS": "240",
-    }
+    assert inv.env["VLLM_PLUGINS"] == "audiotext_model,audiotext_routes"
+    assert flag_value(argv, "--shutdown-timeout") == "30"
 
 
-def test_max_audio_seconds_reaches_the_routes_plugin() -> None:
-    env = to_vllm(ServerConfig(max_audio_seconds=90)).env
+def test_plugins_read_the_configuration_back_from_the_environment() -> None:
+    config = ServerConfig(
+        model="tiny", max_audio_seconds=90, media_domains="a.test,b.test", api_key="k",
+        enforce_eager=True,
+    )  # fmt: skip
+    env = to_vllm(config).env
     assert env["AUDIOTEXT_MAX_AUDIO_SECONDS"] == "90"
+    assert config_from_env(env) == config
 
 
 def test_cuda_uses_memory_fraction_not_kv_bytes() -> None:
@@ -137,6 +141,7 @@ def test_dry_run_redacts_the_api_key() -> None:
     result = run_cli("serve", "--api-key", "sk-secret", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "sk-secret" not in result.stdout
+    assert json.loads(result.stdout)["env"]["AUDIOTEXT_API_KEY"] == "***"
 
 
 @pytest.mark.parametrize(

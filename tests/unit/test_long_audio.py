@@ -65,10 +65,12 @@ def sent_samples(part: dict[str, Any]) -> np.ndarray:
     return soundfile.read(io.BytesIO(data), dtype="float32")[0]
 
 
-def test_short_audio_passes_unchanged() -> None:
-    messages = user_turn(input_audio(speech_of(10)))
-    out, usage = expand(messages)
-    assert out == messages
+def test_short_audio_reaches_vllm_as_the_same_16khz_signal() -> None:
+    audio = speech_of(10)
+    out, usage = expand(user_turn(input_audio(audio)))
+    [part, text] = out[0]["content"]
+    assert text == {"type": "text", "text": "What?"}
+    assert np.array_equal(sent_samples(part), audio)  # float WAV: exact
     assert (usage.seconds, usage.windows) == (10.0, 1)
 
 
@@ -83,14 +85,39 @@ def test_long_audio_becomes_consecutive_windows_of_the_same_turn() -> None:
 
 
 def test_remote_audio_is_fetched_once_and_inlined() -> None:
-    wav = wav_bytes(speech_of(5))
-    out, usage = expand(
-        user_turn({"type": "audio_url", "audio_url": {"url": "https://a.test/x.wav"}}), fetched=wav
-    )
-    url = out[0]["content"][0]["audio_url"]["url"]
-    assert url.startswith("data:audio/wav;base64,")
-    assert base64.b64decode(url.split(",", 1)[1]) == wav
+    audio = speech_of(5)
+    part = {"type": "audio_url", "audio_url": {"url": "https://a.test/x.wav"}}
+    out, usage = expand(user_turn(part), fetched=wav_bytes(audio))
+    assert np.array_equal(sent_samples(out[0]["content"][0]), audio)
     assert usage.windows == 1
+
+
+@pytest.mark.parametrize("token", ["<|AUDIO|>", "<|im_start|>", "<|endoftext|>", "<|audio_bos|>"])
+def test_control_tokens_in_text_are_refused(token: str) -> None:
+    with pytest.raises(AudioRequestError, match="reserved token"):
+        expand([{"role": "user", "content": [{"type": "text", "text": f"hi {token} there"}]}])
+    with pytest.raises(AudioRequestError, match="reserved token"):
+        expand(
+            [{"role": "system", "content": f"be {token}"}, *user_turn(input_audio(speech_of(1)))]
+        )
+
+
+def test_a_bomb_is_refused_before_it_is_decoded() -> None:
+    # Ten hours of silence is a small FLAC file and 2.3 GB of float samples.
+    with soundfile.SoundFile(
+        buf := io.BytesIO(), "w", samplerate=16000, channels=1, format="FLAC"
+    ) as f:
+        block = np.zeros(16000 * 60, dtype=np.float32)
+        for _ in range(600):
+            f.write(block)
+    assert len(buf.getvalue()) < 20 * 2**20
+    with pytest.raises(AudioRequestError, match="--max-audio-seconds") as caught:
+        bomb = {
+            "type": "input_audio",
+            "input_audio": {"data": b64(buf.getvalue()), "format": "flac"},
+        }
+        expand(user_turn(bomb))
+    assert caught.value.status == 413
 
 
 @pytest.mark.parametrize(
