@@ -8,6 +8,8 @@
   `Retry-After`, so a full server says so at once instead of queueing without bound.
 - A request still running at its deadline is aborted (its engine work is cancelled)
   and answered 504 if nothing was sent yet.
+- Once SIGTERM has arrived, `/health` and new requests get 503 with `Retry-After`
+  while in-flight requests finish (see `lifecycle`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+
+from audiotext.server.lifecycle import DRAINING
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,6 +57,12 @@ class GuardMiddleware:
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and DRAINING.is_set() and scope["path"] != "/metrics":
+            await _reply(
+                send, 503, "the server is shutting down; retry on another instance",
+                {"retry-after": str(RETRY_AFTER_S)},
+            )  # fmt: skip
+            return
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return

@@ -23,6 +23,7 @@ import httpx
 
 from audiotext.server import checkpoint
 from audiotext.server.config import ServerConfig, to_cli_args, to_vllm
+from audiotext.server.lifecycle import drain_aware_loop
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ STOP_TIMEOUT_S = 30.0
 
 class LaunchError(Exception):
     """The server cannot start: a bad flag, a missing model, or a crash during start-up."""
+
+
+class EngineDiedError(Exception):
+    """The engine died while serving (the process then exits with code 1)."""
 
 
 def check_model(config: ServerConfig) -> None:
@@ -73,7 +78,12 @@ def serve(config: ServerConfig) -> None:
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
     logger.info("Starting vLLM: %s", " ".join(invocation.redacted_argv()))
-    uvloop.run(run_server(args))
+    uvloop.run(run_server(args), loop_factory=drain_aware_loop)
+    from audiotext.server.routes_plugin import engine_failed
+
+    if engine_failed():
+        # vLLM returns normally when its engine dies; an orchestrator must see a failure.
+        raise EngineDiedError("the engine process died; exiting so that it can be restarted")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -39,6 +39,9 @@ ENERGY_WINDOW_SAMPLES = 1600
 # Decoders disagree on a file's length by a few samples; do not split for that.
 TOLERANCE_S = 0.01
 
+# What `input_audio.format` may say; the audio itself is decoded by its content.
+INPUT_AUDIO_FORMATS = frozenset({"wav", "mp3", "flac", "ogg", "opus", "m4a", "mp4", "webm", "aac"})
+
 Fetch = Callable[[str], Awaitable[bytes]]
 Samples = npt.NDArray[np.float32]
 
@@ -107,8 +110,13 @@ def is_audio_part(part: object) -> bool:
 def audio_bytes_or_none(part: Mapping[str, Any]) -> tuple[bytes | None, str | None]:
     """The inline bytes of an audio part, or (None, url) when it must be fetched."""
     if part.get("type") == "input_audio":
-        payload = (part.get("input_audio") or {}).get("data")
-        return _b64(payload, "input_audio.data"), None
+        fields = part.get("input_audio") or {}
+        if fields.get("format") not in INPUT_AUDIO_FORMATS:
+            raise AudioRequestError(
+                f"input_audio.format must be one of {', '.join(sorted(INPUT_AUDIO_FORMATS))}",
+                param="input_audio.format",
+            )
+        return _b64(fields.get("data"), "input_audio.data"), None
     url = (part.get("audio_url") or {}).get("url")
     if not isinstance(url, str):
         raise AudioRequestError("audio_url.url must be a string", param="audio_url")

@@ -14,6 +14,18 @@ from fastapi import FastAPI
 
 from audiotext.server.config import config_from_env
 
+# The engine this process serves, kept so the launcher can tell a crash from a stop.
+_engine: Any = None
+
+
+def engine_failed() -> bool:
+    """True when the engine process of this server died (rather than being stopped)."""
+    # vLLM marks the engine dead after a clean stop too; only a failed engine process
+    # (non-zero exit, e.g. killed) means a crash.
+    resources = getattr(getattr(_engine, "engine_core", None), "resources", None)
+    manager = getattr(resources, "engine_manager", None)
+    return any(p.exitcode not in (0, None) for p in getattr(manager, "processes", []))
+
 
 class AudioTextRoutes:
     """The task, transcription and translation routes, and long audio on chat completions."""
@@ -40,6 +52,8 @@ class AudioTextRoutes:
         from audiotext.server.media import MediaFetcher, MediaPolicy
         from audiotext.server.routes import RouteState
 
+        global _engine
+        _engine = engine_client
         config = config_from_env()
         model_config = engine_client.model_config
         limits = AudioLimits(

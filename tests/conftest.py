@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -80,3 +83,18 @@ def speech_of(seconds: float) -> np.ndarray:
     speech = np.concatenate([load_clip("25s"), load_clip("6s")])
     repeats = int(np.ceil(seconds * SAMPLE_RATE / len(speech)))
     return np.tile(speech, repeats)[: int(seconds * SAMPLE_RATE)]
+
+
+@contextlib.contextmanager
+def running_server(config: Any, log_dir: Path) -> Iterator[Any]:
+    """A real `audiotext serve` child for `config`; its log is printed if it fails to start."""
+    from audiotext.server.launcher import ServerProcess
+
+    log_path = log_dir / "server.log"
+    with log_path.open("wb") as log:
+        try:
+            with ServerProcess(config, log=log) as proc:
+                yield proc
+        except Exception:
+            print(log_path.read_text(errors="replace")[-5000:])
+            raise

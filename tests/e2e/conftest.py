@@ -12,6 +12,7 @@ import pytest
 from audiotext.server import checkpoint
 from audiotext.server.config import ServerConfig
 from audiotext.server.launcher import ServerProcess, free_port
+from tests.conftest import running_server
 
 MODEL = "tiny"
 
@@ -31,14 +32,8 @@ def tiny_path() -> Path:
 def server(tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # float32 so that outputs can be compared exactly with transformers.
     config = ServerConfig(model=MODEL, port=free_port(), dtype="float32")
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with log_path.open("wb") as log:
-        try:
-            with ServerProcess(config, log=log) as proc:
-                yield proc
-        except Exception:
-            print(log_path.read_text(errors="replace")[-5000:])
-            raise
+    with running_server(config, tmp_path_factory.mktemp("server")) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="session")

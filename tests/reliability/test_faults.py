@@ -1,0 +1,80 @@
+"""Lifecycle faults: SIGTERM drains in-flight work; a dead engine takes the server down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from audiotext.server.config import ServerConfig
+from audiotext.server.launcher import ServerProcess, free_port
+from tests.conftest import running_server
+from tests.e2e.test_lifecycle import group_gone
+
+from .test_load import engine_counts, request
+
+
+@pytest.fixture
+def own_server(tmp_path: Any) -> Any:
+    config = ServerConfig(model="tiny", port=free_port(), enforce_eager=True, drain_timeout_s=60)
+    with running_server(config, tmp_path) as server:
+        yield server
+
+
+def base(server: ServerProcess) -> str:
+    return server.base_url.removesuffix("/v1")
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits_0(own_server: ServerProcess) -> None:
+    assert own_server.proc is not None
+    http = httpx.Client(base_url=base(own_server), timeout=120)
+    results: list[httpx.Response] = []
+    worker = threading.Thread(
+        target=lambda: results.append(http.post("/v1/chat/completions", json=request(1500)))
+    )
+    worker.start()
+    deadline = time.monotonic() + 30
+    while engine_counts(http)[0] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(own_server.proc.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    # Draining: not ready, and new work is refused with a retry hint, not a 500.
+    health = http.get("/health")
+    refused = http.post("/v1/chat/completions", json=request(4))
+    assert health.status_code == 503
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    worker.join(timeout=120)
+    assert results and results[0].status_code == 200, results
+    assert results[0].json()["usage"]["completion_tokens"] == 1500
+    assert own_server.proc.wait(timeout=60) == 0
+    assert group_gone(own_server.proc.pid)
+
+
+def test_dead_engine_fails_health_and_exits_non_zero(own_server: ServerProcess) -> None:
+    assert own_server.proc is not None
+    engines = [
+        p for p in psutil.Process(own_server.proc.pid).children(recursive=True)
+        if "EngineCore" in " ".join(p.cmdline()) or p.name().startswith("VLLM::EngineCore")
+    ]  # fmt: skip
+    assert engines
+    for engine in engines:
+        engine.kill()
+    unhealthy = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and own_server.proc.poll() is None:
+        try:
+            unhealthy = httpx.get(base(own_server) + "/health", timeout=2).status_code
+        except httpx.TransportError:
+            unhealthy = -1  # no longer listening
+        if unhealthy != 200:
+            break
+        time.sleep(0.2)
+    assert unhealthy != 200
+    assert own_server.proc.wait(timeout=60) != 0

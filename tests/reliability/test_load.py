@@ -1,0 +1,122 @@
+"""Overload, abandoned streams and a steady soak against the guarded server."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import psutil
+
+from audiotext.server.launcher import ServerProcess
+from tests.conftest import b64, load_clip, wav_bytes
+
+from .conftest import API_KEY, MAX_IN_FLIGHT, REPORT
+
+SOAK_MINUTES = float(os.environ.get("AUDIOTEXT_SOAK_MINUTES", "2"))
+AUDIO = b64(wav_bytes(load_clip("1s")))
+
+
+def request(tokens: int, stream: bool = False) -> dict[str, Any]:
+    content = [{"type": "input_audio", "input_audio": {"data": AUDIO, "format": "wav"}}]
+    return {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": [*content, {"type": "text", "text": "Talk."}]}],
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "stream": stream,
+    }
+
+
+def engine_counts(http: httpx.Client) -> tuple[float, float]:
+    metrics = http.get("/metrics").text
+    running = sum(
+        float(v) for v in re.findall(r"^vllm:num_requests_running\{.*\} (\S+)$", metrics, re.M)
+    )
+    waiting = sum(
+        float(v) for v in re.findall(r"^vllm:num_requests_waiting\{.*\} (\S+)$", metrics, re.M)
+    )
+    return running, waiting
+
+
+def wait_for_idle(http: httpx.Client, within_s: float = 30) -> tuple[float, float]:
+    deadline = time.monotonic() + within_s
+    counts = engine_counts(http)
+    while counts != (0.0, 0.0) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        counts = engine_counts(http)
+    return counts
+
+
+def test_overload_sheds_with_503_and_loses_no_accepted_request(http: httpx.Client) -> None:
+    def one(_: int) -> httpx.Response:
+        return http.post("/v1/chat/completions", json=request(64))
+
+    with ThreadPoolExecutor(max_workers=5 * MAX_IN_FLIGHT) as pool:
+        replies = list(pool.map(one, range(5 * MAX_IN_FLIGHT)))
+    statuses = [r.status_code for r in replies]
+    assert set(statuses) <= {200, 503}, statuses
+    shed = [r for r in replies if r.status_code == 503]
+    served = [r for r in replies if r.status_code == 200]
+    assert shed and served
+    assert all(r.headers["retry-after"] == "1" for r in shed)
+    assert all(r.json()["usage"]["completion_tokens"] == 64 for r in served)
+    REPORT.append(
+        f"overload: {len(replies)} at once, {len(served)} served whole, {len(shed)} got 503"
+    )
+
+
+def test_abandoned_streams_release_the_engine(http: httpx.Client) -> None:
+    def abandon(_: int) -> int:
+        with http.stream("POST", "/v1/chat/completions", json=request(400, stream=True)) as events:
+            lines = events.iter_lines()
+            for _ in range(3):
+                next(lines)
+            return events.status_code
+
+    with ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT // 2) as pool:
+        statuses = list(pool.map(abandon, range(100)))
+    assert statuses == [200] * 100
+    assert wait_for_idle(http) == (0.0, 0.0)
+
+
+def tree_rss_mb(server: ServerProcess) -> float:
+    assert server.proc is not None
+    root = psutil.Process(server.proc.pid)
+    procs = [root, *root.children(recursive=True)]
+    return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+
+
+def test_soak_keeps_memory_flat_and_errors_at_zero(
+    http: httpx.Client, guarded: ServerProcess
+) -> None:
+    warm_up_s, duration_s = 20.0, SOAK_MINUTES * 60
+
+    def client(_: int) -> list[int]:
+        statuses = []
+        end = time.monotonic() + duration_s
+        while time.monotonic() < end:
+            statuses.append(http.post("/v1/chat/completions", json=request(16)).status_code)
+        return statuses
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        running = [pool.submit(client, i) for i in range(4)]
+        time.sleep(warm_up_s)
+        start_mb = tree_rss_mb(guarded)
+        statuses = [s for f in running for s in f.result()]
+    growth = tree_rss_mb(guarded) - start_mb
+    REPORT.append(
+        f"soak: {len(statuses)} requests in {duration_s:.0f} s, RSS growth {growth:.1f} MB"
+    )
+    assert statuses and set(statuses) == {200}
+    assert growth < 100
+    assert (
+        httpx.get(
+            guarded.base_url.removesuffix("/v1") + "/health",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ).status_code
+        == 200
+    )

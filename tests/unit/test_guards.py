@@ -1,0 +1,86 @@
+"""The ASGI guards around a stand-in app (the real server is covered in tests/reliability)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from audiotext.server.guards import GuardMiddleware, GuardSettings
+from audiotext.server.lifecycle import DRAINING
+
+SETTINGS = GuardSettings(api_key="k", max_body_bytes=100, max_in_flight=2, deadline_s=0.5)
+AUTH = {"Authorization": "Bearer k"}
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads the body, sleeps as long as the path says, answers 200."""
+    while (await receive()).get("more_body"):
+        pass
+    await asyncio.sleep(
+        float(scope["path"].rsplit("/", 1)[-1] or 0) if scope["path"].startswith("/sleep") else 0
+    )
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def call(*requests: dict[str, Any], settings: GuardSettings = SETTINGS) -> list[httpx.Response]:
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=GuardMiddleware(app, settings))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return list(await asyncio.gather(*(client.request(**r) for r in requests)))
+
+    return asyncio.run(run())
+
+
+def test_api_key_is_required_except_on_open_routes() -> None:
+    missing, wrong, right, health = call(
+        {"method": "POST", "url": "/v1/chat/completions"},
+        {"method": "POST", "url": "/tokenize", "headers": {"Authorization": "Bearer nope"}},
+        {"method": "POST", "url": "/tokenize", "headers": AUTH},
+        {"method": "GET", "url": "/health"},
+    )
+    assert (missing.status_code, wrong.status_code, right.status_code, health.status_code) == (
+        401,
+        401,
+        200,
+        200,
+    )
+    assert missing.json()["error"]["type"] == "AuthenticationError"
+
+
+async def chunks(*parts: bytes) -> Any:
+    for part in parts:
+        yield part
+
+
+def test_bodies_over_the_cap_get_413_with_or_without_length() -> None:
+    announced, streamed = call(
+        {"method": "POST", "url": "/x", "headers": AUTH, "content": b"x" * 101},
+        {"method": "POST", "url": "/x", "headers": AUTH, "content": chunks(b"x" * 60, b"x" * 60)},
+    )
+    assert announced.status_code == streamed.status_code == 413
+
+
+def test_requests_beyond_capacity_get_503_with_retry_after() -> None:
+    replies = call(*[{"method": "POST", "url": "/sleep/0.2", "headers": AUTH}] * 4)
+    statuses = sorted(r.status_code for r in replies)
+    assert statuses == [200, 200, 503, 503]
+    assert all(r.headers["retry-after"] == "1" for r in replies if r.status_code == 503)
+
+
+def test_deadline_aborts_with_504() -> None:
+    [reply] = call({"method": "POST", "url": "/sleep/2", "headers": AUTH})
+    assert reply.status_code == 504
+
+
+def test_draining_turns_readiness_and_new_requests_to_503() -> None:
+    DRAINING.set()
+    try:
+        health, work = call(
+            {"method": "GET", "url": "/health"}, {"method": "POST", "url": "/x", "headers": AUTH}
+        )
+    finally:
+        DRAINING.clear()
+    assert health.status_code == work.status_code == 503
