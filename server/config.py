@@ -89,6 +89,9 @@ class ServerConfig:
     max_queued_requests: int = _opt(
         256, "Requests in flight at most; beyond, 503 with Retry-After."
     )
+    max_queued_audio_s: float = _opt(
+        3600.0, "Seconds of audio in flight at most; beyond, 503 with Retry-After."
+    )
     request_timeout_s: float = _opt(
         600.0, "Deadline for one request, in seconds; past it the request is aborted (504)."
     )
@@ -96,6 +99,9 @@ class ServerConfig:
         30, "On SIGTERM, seconds in-flight requests get to finish (vLLM --shutdown-timeout)."
     )
     stock: bool = _opt(False, "Serve with stock vLLM only: load none of audiotext's plugins.")
+    padding_free: bool = _opt(
+        True, "Encode only each clip's valid audio frames, not 30 s of padding (same outputs)."
+    )
     extra_args: tuple[str, ...] = field(default=(), metadata={"cli": False})
 
     @property

@@ -67,10 +67,25 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @dataclass
 class RouteState:
-    """Per-app state the routes share: limits and the guarded media fetcher."""
+    """Per-app state the routes share: limits, the media fetcher, the audio queue."""
 
     limits: AudioLimits
     fetcher: MediaFetcher
+    max_queued_audio_s: float
+    queued_audio_s: float = 0.0
+
+    def admit(self, seconds: float) -> None:
+        """Count a request's audio as queued, or refuse it (503) when the queue is full."""
+        if self.queued_audio_s > 0 and self.queued_audio_s + seconds > self.max_queued_audio_s:
+            raise AudioRequestError(
+                f"the server has {self.queued_audio_s:.0f} s of audio in flight, its limit is "
+                f"{self.max_queued_audio_s:g} s (--max-queued-audio-s); retry shortly",
+                status=503,
+            )
+        self.queued_audio_s += seconds
+
+    def release(self, seconds: float) -> None:
+        self.queued_audio_s = max(0.0, self.queued_audio_s - seconds)
 
 
 class TaskInputs(BaseModel):
@@ -122,9 +137,9 @@ async def create_chat_completion(request: ChatCompletionRequest, raw_request: Re
     """vLLM's chat completions, hearing long audio whole."""
     try:
         usage = await _expand_audio(request, raw_request)
+        result = await _generate(raw_request, request, usage)
     except AudioRequestError as e:
         return error_response(e.message, e.status, e.param)
-    result = await _chat(raw_request).create_chat_completion(request, raw_request)
     if isinstance(result, ErrorResponse):
         return JSONResponse(result.model_dump(), status_code=result.error.code)
     if isinstance(result, ChatCompletionResponse):
@@ -149,11 +164,11 @@ async def audio_text_to_text(request: TaskRequest, raw_request: Request) -> Resp
     try:
         chat_request = task_to_chat(request, _served_model(raw_request))
         usage = await _expand_audio(chat_request, raw_request)
+        result = await _generate(raw_request, chat_request, usage)
     except AudioRequestError as e:
         return error_response(e.message, e.status, e.param)
     except (InvalidRequestError, ValidationError) as e:
         return error_response(str(e), 400, "parameters")
-    result = await _chat(raw_request).create_chat_completion(chat_request, raw_request)
     if isinstance(result, ErrorResponse):
         return JSONResponse(result.model_dump(), status_code=result.error.code)
     if isinstance(result, ChatCompletionResponse):
@@ -255,10 +270,38 @@ async def task_events(chunks: AsyncIterator[str], usage: AudioUsage) -> AsyncIte
 
 
 def error_response(message: str, status: int, param: str | None = None) -> JSONResponse:
-    """An OpenAI-style error object."""
-    kind = "RequestTooLarge" if status == 413 else "BadRequestError"
+    """An OpenAI-style error object (with `Retry-After` when the server is full)."""
+    kind = {413: "RequestTooLarge", 503: "Overloaded"}.get(status, "BadRequestError")
     error = {"message": message, "type": kind, "param": param, "code": status}
-    return JSONResponse({"error": error}, status_code=status)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+async def _generate(
+    raw_request: Request, request: ChatCompletionRequest, usage: AudioUsage
+) -> ChatCompletionResponse | ErrorResponse | AsyncGenerator[str, None]:
+    """Run a chat request through vLLM with its audio counted in the queue until done."""
+    state = _state(raw_request)
+    state.admit(usage.seconds)
+    try:
+        result = await _chat(raw_request).create_chat_completion(request, raw_request)
+    except BaseException:
+        state.release(usage.seconds)
+        raise
+    if isinstance(result, ChatCompletionResponse | ErrorResponse):
+        state.release(usage.seconds)
+        return result
+    return _released_after(result, state, usage.seconds)
+
+
+async def _released_after(
+    chunks: AsyncGenerator[str, None], state: RouteState, seconds: float
+) -> AsyncGenerator[str, None]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        state.release(seconds)
 
 
 async def _speech_to_text(
@@ -320,9 +363,16 @@ async def _speech_to_text(
         )
         for w in windows
     ]
-    handler = _chat(raw_request)
-    # Windows are independent requests: the engine batches them together.
-    results = await asyncio.gather(*(handler.create_chat_completion(r, None) for r in requests))
+    handler, state = _chat(raw_request), _state(raw_request)
+    try:
+        state.admit(usage.seconds)
+    except AudioRequestError as e:
+        return error_response(e.message, e.status, "file")
+    try:
+        # Windows are independent requests: the engine batches them together.
+        results = await asyncio.gather(*(handler.create_chat_completion(r, None) for r in requests))
+    finally:
+        state.release(usage.seconds)
     texts = []
     for result in results:
         if isinstance(result, ErrorResponse):

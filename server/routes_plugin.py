@@ -68,4 +68,8 @@ class AudioTextRoutes:
             allowed_domains=frozenset(domains),
             local_folder=Path(config.media_folder) if config.media_folder else None,
         )
-        state.audiotext = RouteState(limits=limits, fetcher=MediaFetcher(policy))
+        state.audiotext = RouteState(
+            limits=limits,
+            fetcher=MediaFetcher(policy),
+            max_queued_audio_s=config.max_queued_audio_s,
+        )

@@ -20,6 +20,7 @@ API_KEY = "reliability-key"
 MAX_SECONDS = 60
 MAX_BODY_MB = 2
 MAX_IN_FLIGHT = 8
+MAX_QUEUED_AUDIO_S = 50
 
 
 # Lines the suite reports at the end of the run (corpus size and results, load figures).
@@ -56,6 +57,7 @@ def guarded(
     config = ServerConfig(
         model="tiny", port=free_port(), api_key=API_KEY, max_audio_seconds=MAX_SECONDS,
         max_body_mb=MAX_BODY_MB, max_queued_requests=MAX_IN_FLIGHT, media_folder=str(media_folder),
+        max_queued_audio_s=MAX_QUEUED_AUDIO_S,
         enforce_eager=True,
     )  # fmt: skip
     with running_server(config, tmp_path_factory.mktemp("guarded")) as proc:

@@ -12,7 +12,7 @@ import httpx
 import psutil
 
 from audiotext.server.launcher import ServerProcess
-from tests.conftest import b64, load_clip, wav_bytes
+from tests.conftest import b64, load_clip, speech_of, wav_bytes
 
 from .conftest import API_KEY, MAX_IN_FLIGHT, REPORT
 
@@ -67,6 +67,23 @@ def test_overload_sheds_with_503_and_loses_no_accepted_request(http: httpx.Clien
     REPORT.append(
         f"overload: {len(replies)} at once, {len(served)} served whole, {len(shed)} got 503"
     )
+
+
+def test_queued_audio_seconds_are_bounded_too(http: httpx.Client) -> None:
+    long_audio = b64(wav_bytes(speech_of(20)))
+    body = request(200)
+    body["messages"][0]["content"][0]["input_audio"]["data"] = long_audio
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        replies = list(pool.map(lambda _: http.post("/v1/chat/completions", json=body), range(6)))
+    shed = [r for r in replies if r.status_code == 503]
+    served = [r for r in replies if r.status_code == 200]
+    assert len(shed) + len(served) == 6
+    assert shed and served
+    assert all("--max-queued-audio-s" in r.json()["error"]["message"] for r in shed)
+    assert all(r.headers["retry-after"] == "1" for r in shed)
+    assert all(r.json()["usage"]["completion_tokens"] == 200 for r in served)
+    assert wait_for_idle(http) == (0.0, 0.0)
 
 
 def test_abandoned_streams_release_the_engine(http: httpx.Client) -> None:

@@ -1,0 +1,70 @@
+"""The padding-free encoder gives stock vLLM's audio embeddings (float32, within 1e-4)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from audiotext.server import checkpoint
+from audiotext.server.encoder import encode_valid_frames
+from tests.conftest import SAMPLE_RATE, speech_of
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Any:
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    path = checkpoint.ensure_built("tiny")
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    return (
+        AutoProcessor.from_pretrained(path),
+        model.model.audio_tower,
+        model.model.multi_modal_projector,
+    )
+
+
+def features(processor: Any, clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    out = processor.feature_extractor(
+        clips, sampling_rate=SAMPLE_RATE, return_attention_mask=True, padding="max_length",
+        return_tensors="pt",
+    )  # fmt: skip
+    return out["input_features"], out["attention_mask"]
+
+
+def stock_embeddings(tower: Any, projector: Any, feats: torch.Tensor, mask: torch.Tensor) -> Any:
+    """vLLM 0.32's own Qwen2-Audio encoding path, run on the same modules."""
+    from vllm.model_executor.models.qwen2_audio import Qwen2AudioForConditionalGeneration
+
+    model = SimpleNamespace(audio_tower=tower, multi_modal_projector=projector)
+    audio_input = {
+        "type": "audio_features",
+        "input_features": feats,
+        "feature_attention_mask": mask,
+    }
+    return Qwen2AudioForConditionalGeneration._process_audio_input(model, audio_input)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1.0, 2.37, 5.0, 10.0, 17.3, 29.99, 30.0])
+def test_single_clips_match_stock(tiny: Any, seconds: float) -> None:
+    processor, tower, projector = tiny
+    feats, mask = features(processor, [speech_of(seconds)])
+    with torch.no_grad():
+        [ours] = encode_valid_frames(tower, projector, feats, mask)
+        [stock] = stock_embeddings(tower, projector, feats, mask)
+    assert ours.shape == stock.shape
+    assert (ours - stock).abs().max().item() < 1e-4
+
+
+def test_a_mixed_batch_matches_stock(tiny: Any) -> None:
+    processor, tower, projector = tiny
+    clips = [speech_of(s) for s in (0.5, 30.0, 3.1, 12.0, 7.77)]
+    feats, mask = features(processor, clips)
+    with torch.no_grad():
+        ours = encode_valid_frames(tower, projector, feats, mask)
+        stock = stock_embeddings(tower, projector, feats, mask)
+    assert [o.shape for o in ours] == [s.shape for s in stock]
+    assert max((o - s).abs().max().item() for o, s in zip(ours, stock, strict=True)) < 1e-4
