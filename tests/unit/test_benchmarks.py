@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from audiotext.benchmarks import normalize
 
 
@@ -23,3 +25,22 @@ def test_encoder_benchmark_runs_on_the_tiny_checkpoint() -> None:
     result = encoder.main(parser.parse_args(["--size", "tiny", "--repeats", "1"]))
     assert [row["case"] for row in result["rows"]] == list(encoder.CASES)
     assert all(row["stock_ms"] > 0 and row["padding_free_ms"] > 0 for row in result["rows"])
+
+
+def test_summary_percentiles_and_throughput() -> None:
+    from audiotext.benchmarks.loadgen import Record, summarize
+
+    records = [
+        Record(
+            start_s=0, audio_seconds=2.0, ttft_s=t, e2e_s=t + 0.9, itl_s=[0.1] * 9, output_tokens=10
+        )
+        for t in (0.1, 0.2, 0.3, 0.4)
+    ] + [Record(start_s=0, audio_seconds=5.0, error="boom")]
+    summary = summarize(records, wall_s=2.0)
+    assert summary["requests"] == 5 and summary["errors"] == 1
+    assert summary["requests_per_s"] == 2.0
+    assert summary["output_tokens_per_s"] == 20.0
+    assert summary["audio_seconds_per_s"] == 4.0
+    assert summary["ttft_s"]["p50"] == pytest.approx(0.25)
+    assert summary["tpot_s"]["mean"] == pytest.approx(0.1)
+    assert summary["itl_s"]["p99"] == pytest.approx(0.1)
