@@ -199,8 +199,12 @@ def check_limits(usage: AudioUsage, limits: AudioLimits) -> None:
         )
 
 
-def _expand_one(data: bytes, usage: AudioUsage, limits: AudioLimits) -> list[dict[str, Any]]:
-    """Decode one audio item (refusing it before decoding when it is too long)."""
+def decode_windows(data: bytes, usage: AudioUsage, limits: AudioLimits) -> list[Samples]:
+    """Decode one audio item into windows of at most 30 s, counting it in `usage`.
+
+    Audio that would take the request over `limits.max_seconds` is refused (413) before it
+    is decoded in full; undecodable, empty or too-short audio is a 400.
+    """
     budget = limits.max_seconds - usage.seconds + TOLERANCE_S
     try:
         samples = to_model_rate(*decode(data, max_seconds=budget))
@@ -215,7 +219,11 @@ def _expand_one(data: bytes, usage: AudioUsage, limits: AudioLimits) -> list[dic
     windows = split_windows(samples) if len(samples) > WINDOW_S * SAMPLE_RATE else [samples]
     usage.add(len(samples), windows=len(windows))
     usage.tokens += sum(audio_token_count(len(w)) for w in windows)
-    return [wav_part(w) for w in windows]
+    return windows
+
+
+def _expand_one(data: bytes, usage: AudioUsage, limits: AudioLimits) -> list[dict[str, Any]]:
+    return [wav_part(w) for w in decode_windows(data, usage, limits)]
 
 
 def _b64(payload: object, param: str) -> bytes:

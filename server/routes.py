@@ -33,22 +33,17 @@ from vllm.entrypoints.serve.utils.api_utils import (
 )
 from vllm.entrypoints.serve.utils.sse_keep_alive import with_sse_keep_alive
 
-from audiotext.client._audio import decode, to_model_rate
-from audiotext.client._constants import SAMPLE_RATE
 from audiotext.client._core import completion_params
 from audiotext.client._exceptions import (
-    AudioTooLongError,
-    InvalidAudioError,
     InvalidRequestError,
 )
 from audiotext.server.long_audio import (
-    WINDOW_S,
     AudioLimits,
     AudioRequestError,
     AudioUsage,
     check_text,
+    decode_windows,
     expand_messages,
-    split_windows,
     wav_part,
 )
 from audiotext.server.media import MediaFetcher
@@ -320,28 +315,17 @@ async def _speech_to_text(
             400,
             "response_format",
         )
-    limits = _state(raw_request).limits
     try:
         if prompt:
             check_text(prompt)
-        data = await file.read()
-        samples = await asyncio.to_thread(
-            lambda: to_model_rate(*decode(data, max_seconds=limits.max_seconds + 0.01))
-        )
-    except AudioTooLongError:
-        return error_response(
-            f"audio is longer than {limits.max_seconds:g} s; this server accepts at most "
-            f"{limits.max_seconds:g} s per request (--max-audio-seconds)",
-            413,
-            "file",
-        )
-    except InvalidAudioError as e:
-        return error_response(str(e), 400, "file")
     except AudioRequestError as e:
         return error_response(e.message, e.status, "prompt")
-    windows = split_windows(samples) if len(samples) > WINDOW_S * SAMPLE_RATE else [samples]
+    data = await file.read()
     usage = AudioUsage()
-    usage.add(len(samples), windows=len(windows))
+    try:
+        windows = await asyncio.to_thread(decode_windows, data, usage, _state(raw_request).limits)
+    except AudioRequestError as e:
+        return error_response(e.message, e.status, "file")
     instruction = TRANSCRIBE_PROMPT if task == "transcribe" else TRANSLATE_PROMPT
     if language:
         instruction += f" The speech is in {language}."
