@@ -11,6 +11,7 @@ import torch
 
 from audiotext.server import checkpoint
 from audiotext.server.encoder import encode_valid_frames
+from audiotext.server.features import TAIL_FRAMES, trimmed_features
 from tests.conftest import SAMPLE_RATE, speech_of
 
 
@@ -66,5 +67,28 @@ def test_a_mixed_batch_matches_stock(tiny: Any) -> None:
     with torch.no_grad():
         ours = encode_valid_frames(tower, projector, feats, mask)
         stock = stock_embeddings(tower, projector, feats, mask)
+    assert [o.shape for o in ours] == [s.shape for s in stock]
+    assert max((o - s).abs().max().item() for o, s in zip(ours, stock, strict=True)) < 1e-4
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1.0, 2.37, 5.0, 17.3, 29.99, 30.0, 31.0])
+def test_trimmed_features_are_stocks_frames(tiny: Any, seconds: float) -> None:
+    processor, _, _ = tiny
+    clip = speech_of(seconds)
+    padded, stock_mask = features(processor, [clip])
+    trimmed, mask = trimmed_features(processor.feature_extractor, clip)
+    assert int(mask.sum()) == int(stock_mask.sum())
+    assert trimmed.shape[-1] == min(3000, int(mask.sum()) + TAIL_FRAMES)
+    assert torch.equal(trimmed, padded[0, :, : trimmed.shape[-1]])
+    assert torch.equal(mask, stock_mask[0, : trimmed.shape[-1]])
+
+
+def test_trimmed_features_of_a_mixed_list_give_stocks_embeddings(tiny: Any) -> None:
+    processor, tower, projector = tiny
+    clips = [speech_of(s) for s in (0.5, 30.0, 3.1, 12.0, 7.77)]
+    trimmed = [trimmed_features(processor.feature_extractor, clip) for clip in clips]
+    with torch.no_grad():
+        ours = encode_valid_frames(tower, projector, *map(list, zip(*trimmed, strict=True)))
+        stock = stock_embeddings(tower, projector, *features(processor, clips))
     assert [o.shape for o in ours] == [s.shape for s in stock]
     assert max((o - s).abs().max().item() for o, s in zip(ours, stock, strict=True)) < 1e-4
