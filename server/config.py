@@ -69,6 +69,12 @@ class ServerConfig:
     )
     gpu_memory_utilization: float = _opt(0.9, "Fraction of GPU memory vLLM may use (cuda).")
     enforce_eager: bool = _opt(False, "Skip torch.compile and graphs: starts faster, runs slower.")
+    cpu_cores: str = _opt(
+        "all",
+        "CPU cores the model's threads run on (cpu): `all` (every core this process may "
+        "use), `auto` (vLLM's default: one core kept for the API server and scheduler) or "
+        "a list such as `0-3` (vLLM's VLLM_CPU_OMP_THREADS_BIND).",
+    )
     chat_template: str = _opt(
         str(checkpoint.CHAT_TEMPLATE),
         "Jinja chat template; the bundled one renders like Qwen2-Audio-7B-Instruct's "
@@ -162,8 +168,11 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
         _switch("--enable-prefix-caching", config.enable_prefix_caching),
         _switch("--enable-chunked-prefill", config.enable_chunked_prefill),
     ]  # fmt: skip
+    env: dict[str, str] = {}
     if config.resolved_device == "cpu":
         argv += ["--kv-cache-memory-bytes", str(int(config.kv_cache_gib * 2**30))]
+        if config.cpu_cores != "auto":
+            env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_list(config.cpu_cores)
     else:
         argv += ["--gpu-memory-utilization", _number(config.gpu_memory_utilization)]
     if config.enforce_eager:
@@ -174,13 +183,19 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
     argv += config.extra_args
     # An empty VLLM_PLUGINS allowlist loads no plugin at all: that is stock vLLM.
     # The plugins, inside vLLM's process, read the configuration back from AUDIOTEXT_*.
-    env = {"VLLM_PLUGINS": "" if config.stock else ",".join(PLUGINS), **_environment(config)}
+    env |= {"VLLM_PLUGINS": "" if config.stock else ",".join(PLUGINS), **_environment(config)}
     return VllmInvocation(argv=tuple(argv), env=env)
 
 
 def config_from_env(environ: Mapping[str, str] | None = None) -> ServerConfig:
     """The configuration as the launcher exported it (for code running inside vLLM)."""
     return config_from_args(argparse.Namespace(), environ=environ)
+
+
+def _cpu_list(cores: str) -> str:
+    if cores == "all":
+        return ",".join(str(core) for core in sorted(os.sched_getaffinity(0)))
+    return cores
 
 
 def _environment(config: ServerConfig) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -43,6 +44,8 @@ def test_defaults_are_tuned_for_qwen2_audio_on_cpu() -> None:
     assert "--enforce-eager" not in argv
     assert inv.env["VLLM_PLUGINS"] == "audiotext_model,audiotext_routes"
     assert flag_value(argv, "--shutdown-timeout") == "30"
+    allowed = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    assert inv.env["VLLM_CPU_OMP_THREADS_BIND"] == allowed
 
 
 def test_plugins_read_the_configuration_back_from_the_environment() -> None:
@@ -59,6 +62,24 @@ def test_cuda_uses_memory_fraction_not_kv_bytes() -> None:
     argv = to_vllm(ServerConfig(device="cuda", gpu_memory_utilization=0.8)).argv
     assert flag_value(argv, "--gpu-memory-utilization") == "0.8"
     assert "--kv-cache-memory-bytes" not in argv
+
+
+def test_cpu_cores_choose_the_model_threads_binding() -> None:
+    allowed = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    assert (
+        to_vllm(ServerConfig(device="cpu", cpu_cores="all")).env["VLLM_CPU_OMP_THREADS_BIND"]
+        == allowed
+    )
+    assert (
+        to_vllm(ServerConfig(device="cpu", cpu_cores="0-3")).env["VLLM_CPU_OMP_THREADS_BIND"]
+        == "0-3"
+    )
+    assert (
+        "VLLM_CPU_OMP_THREADS_BIND" not in to_vllm(ServerConfig(device="cpu", cpu_cores="auto")).env
+    )
+    assert (
+        "VLLM_CPU_OMP_THREADS_BIND" not in to_vllm(ServerConfig(device="cuda", cpu_cores="all")).env
+    )
 
 
 def test_builtin_model_resolves_to_cache_folder_and_keeps_its_name() -> None:
