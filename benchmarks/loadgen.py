@@ -4,23 +4,31 @@ Closed loop (`concurrency` clients, each sending its next request when the last 
 ends) or open loop (Poisson arrivals at `rate` requests/s). Requests stream, so each
 record has time to first token, inter-token latencies and end-to-end latency; failures
 are recorded, not raised. `summarize` turns records into p50/p90/p99 and throughputs.
+A `Target` says where requests go: the chat endpoint of any OpenAI-compatible server,
+or audiotext's task endpoint, and how the server is told to produce exactly
+`max_tokens` tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import httpx
+import httpx_sse
 import numpy as np
 import openai
 from tqdm import tqdm
 
 from audiotext.client._audio import encode_wav
+
+REQUEST_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,28 @@ class WorkItem:
     @property
     def audio_seconds(self) -> float:
         return len(self.samples) / 16000
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where requests go and how they ask for exactly `max_tokens` output tokens.
+
+    Args:
+        base_url: the server's OpenAI base URL (`http://host:port/v1`).
+        model: model name to put in requests.
+        endpoint: `chat` (`/v1/chat/completions`) or `task` (`/v1/audio-text-to-text`).
+        length_control: `ignore_eos` (vLLM) or `min_new_tokens` (`transformers serve`).
+    """
+
+    base_url: str
+    model: str
+    endpoint: Literal["chat", "task"] = "chat"
+    length_control: Literal["ignore_eos", "min_new_tokens"] = "ignore_eos"
+
+    def length_fields(self, max_tokens: int) -> dict[str, Any]:
+        if self.length_control == "ignore_eos":
+            return {"ignore_eos": True}
+        return {"generation_config": json.dumps({"min_new_tokens": max_tokens})}
 
 
 @dataclass
@@ -51,8 +81,7 @@ class Record:
 
 
 async def run_load(
-    client: openai.AsyncOpenAI,
-    model: str,
+    target: Target,
     items: Sequence[WorkItem],
     *,
     concurrency: int | None = None,
@@ -68,13 +97,30 @@ async def run_load(
         raise ValueError("give either concurrency (closed loop) or rate (open loop)")
     payloads = [base64.b64encode(encode_wav(item.samples)).decode() for item in items]
     bar = tqdm(total=len(items), disable=not progress, unit="req", leave=False)
+    client = openai.AsyncOpenAI(
+        base_url=target.base_url, api_key="EMPTY", max_retries=0, timeout=REQUEST_TIMEOUT_S
+    )
+    http = httpx.AsyncClient(
+        base_url=target.base_url,
+        timeout=REQUEST_TIMEOUT_S,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+    )
+    send = _chat_request if target.endpoint == "chat" else _task_request
     start = time.perf_counter()
 
     async def one(i: int) -> Record:
+        sent = time.perf_counter()
+        record = Record(start_s=sent - start, audio_seconds=items[i].audio_seconds)
         try:
-            return await _request(client, model, items[i], payloads[i], start)
+            await send(
+                client if target.endpoint == "chat" else http, target, items[i], payloads[i], record
+            )
+            record.e2e_s = time.perf_counter() - sent
+        except (openai.OpenAIError, httpx.HTTPError, ValueError) as e:
+            record.error = f"{type(e).__name__}: {e}"
         finally:
             bar.update(1)
+        return record
 
     if concurrency is not None:
         queue = iter(range(len(items)))
@@ -94,8 +140,11 @@ async def run_load(
             tasks.append(asyncio.create_task(one(i)))
             await asyncio.sleep(arrivals.expovariate(rate))
         ordered = list(await asyncio.gather(*tasks))
+    wall = time.perf_counter() - start
     bar.close()
-    return ordered, time.perf_counter() - start
+    await client.close()
+    await http.aclose()
+    return ordered, wall
 
 
 def summarize(records: Sequence[Record], wall_s: float) -> dict[str, Any]:
@@ -137,36 +186,70 @@ def records_as_dicts(records: Sequence[Record]) -> list[dict[str, Any]]:
     return [asdict(r) for r in records]
 
 
-async def _request(
-    client: openai.AsyncOpenAI, model: str, item: WorkItem, payload: str, t0: float
-) -> Record:
-    sent = time.perf_counter()
-    record = Record(start_s=sent - t0, audio_seconds=item.audio_seconds)
-    last = sent
-    try:
-        audio = {"type": "input_audio", "input_audio": {"data": payload, "format": "wav"}}
-        messages: Any = [{"role": "user", "content": [audio, {"type": "text", "text": item.text}]}]
-        stream = await client.chat.completions.create(
-            model=model,
-            messages=messages,
-            max_tokens=item.max_tokens,
-            temperature=0,
-            stream=True,
-            stream_options={"include_usage": True},
-            extra_body={"ignore_eos": True},
-        )
-        async for chunk in stream:
-            now = time.perf_counter()
-            if chunk.choices and chunk.choices[0].delta.content:
-                if record.ttft_s is None:
-                    record.ttft_s = now - sent
-                else:
-                    record.itl_s.append(now - last)
-                last = now
-            if chunk.usage is not None:
-                record.prompt_tokens = chunk.usage.prompt_tokens
-                record.output_tokens = chunk.usage.completion_tokens
-        record.e2e_s = time.perf_counter() - sent
-    except openai.OpenAIError as e:
-        record.error = f"{type(e).__name__}: {e}"
-    return record
+class _Timer:
+    """Marks token arrivals on a record: the first sets TTFT, the rest inter-token gaps."""
+
+    def __init__(self, record: Record) -> None:
+        self.record = record
+        self.sent = self.last = time.perf_counter()
+
+    def token(self) -> None:
+        now = time.perf_counter()
+        if self.record.ttft_s is None:
+            self.record.ttft_s = now - self.sent
+        else:
+            self.record.itl_s.append(now - self.last)
+        self.last = now
+
+
+async def _chat_request(
+    client: Any, target: Target, item: WorkItem, payload: str, record: Record
+) -> None:
+    timer = _Timer(record)
+    audio = {"type": "input_audio", "input_audio": {"data": payload, "format": "wav"}}
+    messages: Any = [{"role": "user", "content": [audio, {"type": "text", "text": item.text}]}]
+    stream = await client.chat.completions.create(
+        model=target.model,
+        messages=messages,
+        max_tokens=item.max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=target.length_fields(item.max_tokens),
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            timer.token()
+        if chunk.usage is not None:
+            record.prompt_tokens = chunk.usage.prompt_tokens
+            record.output_tokens = chunk.usage.completion_tokens
+
+
+async def _task_request(
+    http: Any, target: Target, item: WorkItem, payload: str, record: Record
+) -> None:
+    timer = _Timer(record)
+    body = {
+        "audio": payload,
+        "text": item.text,
+        "model": target.model,
+        "stream": True,
+        "parameters": {
+            "max_new_tokens": item.max_tokens,
+            "temperature": 0,
+            **target.length_fields(item.max_tokens),
+        },
+    }
+    async with httpx_sse.aconnect_sse(http, "POST", "/audio-text-to-text", json=body) as source:
+        source.response.raise_for_status()
+        async for event in source.aiter_sse():
+            if event.data == "[DONE]":
+                break
+            data = event.json()
+            if "error" in data:
+                raise ValueError(f"error event: {data['error']}")
+            if data.get("delta"):
+                timer.token()
+            if "usage" in data:
+                record.prompt_tokens = data["usage"].get("prompt_tokens")
+                record.output_tokens = data["usage"].get("completion_tokens", 0)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-import openai
 import pytest
 
-from audiotext.benchmarks.loadgen import WorkItem, run_load, summarize
+from audiotext.benchmarks.loadgen import Target, WorkItem, run_load, summarize
 from audiotext.server.launcher import ServerProcess
 from tests.conftest import load_clip, speech_of
 
@@ -17,17 +16,13 @@ ITEMS = [
 ] * 3
 
 
+@pytest.mark.parametrize("endpoint", ["chat", "task"])
 @pytest.mark.parametrize("mode", [{"concurrency": 2}, {"rate": 20.0}])
 def test_every_request_is_recorded_with_its_timings(
-    server: ServerProcess, mode: dict[str, float]
+    server: ServerProcess, mode: dict[str, float], endpoint: str
 ) -> None:
-    async def run() -> tuple[list, float]:
-        async with openai.AsyncOpenAI(
-            base_url=server.base_url, api_key="EMPTY", max_retries=0
-        ) as client:
-            return await run_load(client, "tiny", ITEMS, progress=False, **mode)  # type: ignore[arg-type]
-
-    records, wall = asyncio.run(run())
+    target = Target(server.base_url, "tiny", endpoint=endpoint)  # type: ignore[arg-type]
+    records, wall = asyncio.run(run_load(target, ITEMS, progress=False, **mode))  # type: ignore[arg-type]
     assert len(records) == len(ITEMS)
     for record, item in zip(records, ITEMS, strict=True):
         assert record.error is None
@@ -42,13 +37,9 @@ def test_every_request_is_recorded_with_its_timings(
     assert summary["ttft_s"]["p50"] <= summary["e2e_s"]["p99"]
 
 
-def test_errors_are_recorded_not_raised(server: ServerProcess) -> None:
-    async def run() -> tuple[list, float]:
-        async with openai.AsyncOpenAI(
-            base_url=server.base_url, api_key="EMPTY", max_retries=0
-        ) as client:
-            return await run_load(client, "no-such-model", ITEMS[:2], concurrency=1, progress=False)
-
-    records, wall = asyncio.run(run())
+@pytest.mark.parametrize("endpoint", ["chat", "task"])
+def test_errors_are_recorded_not_raised(server: ServerProcess, endpoint: str) -> None:
+    target = Target(server.base_url, "no-such-model", endpoint=endpoint)  # type: ignore[arg-type]
+    records, wall = asyncio.run(run_load(target, ITEMS[:2], concurrency=1, progress=False))
     assert all(r.error and "404" in r.error for r in records)
     assert summarize(records, wall)["error_rate"] == 1.0
