@@ -16,7 +16,7 @@ export AUDIOTEXT_CACHE_DIR ?= $(CURDIR)/.cache
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(TARGET)
 
-.PHONY: install demo serve test test-unit check format clean
+.PHONY: install demo serve test test-unit check format bench bench-tuning clean
 
 # Dependencies: only when pyproject.toml changes. The project itself: every time (a second).
 install: $(STAMP)
@@ -40,6 +40,24 @@ demo: install
 
 serve: install
 	$(BIN)/audiotext serve --model $(MODEL) $(ARGS)
+
+# Every system side by side on the bench checkpoint (about 15 minutes here); writes
+# benchmarks/results/$(BENCH_NAME).json and .png, and for `default` the README's table.
+BENCH_NAME ?= default
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/audiotext bench --size bench --name $(BENCH_NAME) $(BENCH_ARGS)
+	$(BIN)/python -m audiotext.benchmarks.report benchmarks/results/$(BENCH_NAME).json \
+		$(if $(filter default,$(BENCH_NAME)),--readme README.md)
+
+# The launcher's defaults against one change each, short clips at saturation, one run.
+TUNING_SYSTEMS := audiotext audiotext:cpu_cores=auto audiotext:max_num_batched_tokens=2048 \
+	audiotext:max_num_batched_tokens=16384 audiotext:enforce_eager=true \
+	audiotext:padding_free=false
+bench-tuning: install
+	$(BIN)/audiotext bench --size bench --name tuning --systems $(TUNING_SYSTEMS) \
+		--workloads short --concurrency 32 --requests 96 --rates --no-task-endpoint
+	$(BIN)/python -m audiotext.benchmarks.report benchmarks/results/tuning.json --readme README.md
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""The `audiotext` command: `serve`, `model`, `ask`, `demo`.
+"""The `audiotext` command: `serve`, `model`, `ask`, `demo`, `bench`.
 
 Heavy modules (vLLM, torch, transformers) are imported inside the commands, so `--help`
 and `serve --dry-run` answer at once.
@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--audio", type=Path, required=True, help="speech file to send")
     demo.add_argument("--text", default="What does the person say?")
+
+    # Its own parser (audiotext.benchmarks.bench) reads the rest, so `bench --help` works
+    # and the benchmark's dependencies load only when it runs.
+    commands.add_parser(
+        "bench",
+        add_help=False,
+        help="compare audiotext with stock vLLM, transformers and the raw loop "
+        "(bench --help for options)",
+    )
     return parser
 
 
@@ -89,7 +98,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         cut = argv.index("--")
         argv, passthrough = argv[:cut], argv[cut + 1 :]
     args, unknown = parser.parse_known_args(argv)
-    if args.command != "serve" and (unknown or passthrough):
+    if args.command not in ("serve", "bench") and (unknown or passthrough):
         parser.error(f"unrecognized arguments: {' '.join(unknown + passthrough)}")
     return args, unknown + passthrough
 
@@ -126,6 +135,17 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         from audiotext.server.demo import run_demo
 
         print(json.dumps(run_demo(args.audio, args.text), ensure_ascii=False))
+        return 0
+    if args.command == "bench":
+        from audiotext.benchmarks import bench
+
+        parser = argparse.ArgumentParser(
+            prog="audiotext bench",
+            description=bench.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        bench.add_cli_args(parser)
+        bench.main(parser.parse_args(extra))
         return 0
     raise UsageError(f"unknown command {args.command}")
 

@@ -1,0 +1,77 @@
+"""`audiotext bench` end to end on the tiny checkpoint: every system, a few requests each.
+
+A smoke run so the harness cannot rot; the figures themselves are not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audiotext.benchmarks.systems import KINDS
+
+OUTPUT_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    command = [
+        sys.executable, "-m", "audiotext.server.cli", "bench", "--size", "tiny",
+        "--workloads", "short", "--requests", "4", "--serial-requests", "2",
+        "--concurrency", "2", "--rates", "8", "--output-tokens", str(OUTPUT_TOKENS),
+        "--name", "smoke", "--out-dir", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "smoke.json").read_text()), out
+
+
+def test_every_system_ran_every_request_with_exact_output_lengths(
+    result: tuple[dict[str, Any], Path],
+) -> None:
+    data, _ = result
+    assert [s["kind"] for s in data["systems"]] == list(KINDS)
+    for system in data["systems"]:
+        assert "error" not in system and system["points"], system
+        for point in system["points"]:
+            assert point["summary"]["errors"] == 0, (system["name"], point["records"])
+            assert point["summary"]["requests_per_s"] > 0
+            assert {r["output_tokens"] for r in point["records"]} == {OUTPUT_TOKENS}
+
+
+def test_servers_ran_the_sweep_and_audiotext_both_endpoints(
+    result: tuple[dict[str, Any], Path],
+) -> None:
+    data, _ = result
+    labels = {s["name"]: {p["label"] for p in s["points"]} for s in data["systems"]}
+    assert labels["audiotext"] == {"c=1", "c=2", "rate=8/s", "c=1 task"}
+    assert labels["vllm"] == {"c=1", "c=2", "rate=8/s"}
+    assert labels["transformers-serve"] == {"c=1", "c=2"}
+    assert labels["raw"] == {"sequential"} and labels["offline"] == {"offline"}
+    audiotext = next(s for s in data["systems"] if s["name"] == "audiotext")
+    streamed = [r for p in audiotext["points"] for r in p["records"]]
+    assert all(0 < r["ttft_s"] <= r["e2e_s"] for r in streamed)
+
+
+def test_the_json_echoes_configuration_machine_and_versions(
+    result: tuple[dict[str, Any], Path],
+) -> None:
+    data, _ = result
+    assert data["config"]["size"] == "tiny" and data["config"]["dtype"] == "float32"
+    assert data["machine"]["cores"] >= 1 and data["versions"]["transformers"]
+    stock = next(s for s in data["systems"] if s["name"] == "vllm")
+    assert "--max-num-batched-tokens" in stock["invocation"]["vllm_argv"]
+    ratios = data["headline"]["audiotext_over"]["short"]
+    assert set(ratios) == {"vllm", "transformers-serve", "raw", "offline"}
+    assert set(data["headline"]["task_p50_over_chat_p50"]) == {"short"}
+
+
+def test_the_figure_is_a_png(result: tuple[dict[str, Any], Path]) -> None:
+    _, out = result
+    assert (out / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
