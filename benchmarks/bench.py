@@ -213,7 +213,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             entry |= {
                 "overrides": spec.overrides,
                 "invocation": system.invocation,
-                "started_in_s": system.started_in_s,
+                # servers only: in-process systems load their model inside the run
+                "started_in_s": system.started_in_s if isinstance(system, ServerSystem) else None,
             }
             result["systems"].append(entry)
             print(report.system_line(entry), flush=True)

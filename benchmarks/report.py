@@ -71,7 +71,8 @@ def system_line(system: dict[str, Any]) -> str:
     for p in system["points"]:
         s = p["summary"]
         parts.append(f"{p['workload']} {p['label']}: {s['requests_per_s']:.2f} req/s")
-    return f"{system['name']} (ready in {system['started_in_s']:.0f} s): " + "; ".join(parts)
+    ready = f" (ready in {system['started_in_s']:.0f} s)" if system.get("started_in_s") else ""
+    return f"{system['name']}{ready}: " + "; ".join(parts)
 
 
 def _ms(value: float | None) -> str:

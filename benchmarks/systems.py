@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -197,7 +197,7 @@ class ServerSystem(System):
     ) -> list[Result]:
         results = []
         for workload, point in plan:
-            target = Target(**{**asdict(self.target), "endpoint": point.endpoint})
+            target = replace(self.target, endpoint=point.endpoint)
             load = (
                 {"concurrency": int(point.value)}
                 if point.mode == "closed"
@@ -314,14 +314,14 @@ class InProcess(System):
             for name in names:
                 save_items(Path(tmp) / f"{name}.npz", workloads[name])
             out = Path(tmp) / "records.json"
-            command = [
+            base = [
                 sys.executable, "-m", "audiotext.benchmarks.inprocess", self.spec.kind,
-                "--size", self.size, "--dtype", self.dtype, "--out", str(out),
-                *(str(Path(tmp) / f"{name}.npz") for name in names),
+                "--size", self.size, "--dtype", self.dtype,
             ]  # fmt: skip
-            self.invocation = {"command": command[: -len(names) - 2]}
+            self.invocation = {"command": base}
+            files = [str(Path(tmp) / f"{name}.npz") for name in names]
             env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
-            subprocess.run(command, check=True, env=env)
+            subprocess.run([*base, "--out", str(out), *files], check=True, env=env)
             done = json.loads(out.read_text())
         point = self.points([])[0]
         return [
