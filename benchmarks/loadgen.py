@@ -16,7 +16,7 @@ import base64
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -97,53 +97,56 @@ async def run_load(
         raise ValueError("give either concurrency (closed loop) or rate (open loop)")
     payloads = [base64.b64encode(encode_wav(item.samples)).decode() for item in items]
     bar = tqdm(total=len(items), disable=not progress, unit="req", leave=False)
-    client = openai.AsyncOpenAI(
-        base_url=target.base_url, api_key="EMPTY", max_retries=0, timeout=REQUEST_TIMEOUT_S
-    )
-    http = httpx.AsyncClient(
-        base_url=target.base_url,
-        timeout=REQUEST_TIMEOUT_S,
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-    )
-    send = _chat_request if target.endpoint == "chat" else _task_request
-    start = time.perf_counter()
-
-    async def one(i: int) -> Record:
-        sent = time.perf_counter()
-        record = Record(start_s=sent - start, audio_seconds=items[i].audio_seconds)
-        try:
-            await send(
-                client if target.endpoint == "chat" else http, target, items[i], payloads[i], record
-            )
-            record.e2e_s = time.perf_counter() - sent
-        except (openai.OpenAIError, httpx.HTTPError, ValueError) as e:
-            record.error = f"{type(e).__name__}: {e}"
-        finally:
-            bar.update(1)
-        return record
-
-    if concurrency is not None:
-        queue = iter(range(len(items)))
-        records: dict[int, Record] = {}
-
-        async def worker() -> None:
-            for i in queue:
-                records[i] = await one(i)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        ordered = [records[i] for i in range(len(items))]
+    client: Any
+    send: Callable[[Any, Target, WorkItem, str, Record], Awaitable[None]]
+    if target.endpoint == "chat":
+        client = openai.AsyncOpenAI(
+            base_url=target.base_url, api_key="EMPTY", max_retries=0, timeout=REQUEST_TIMEOUT_S
+        )
+        send = _chat_request
     else:
-        assert rate is not None
-        arrivals = random.Random(seed)
-        tasks = []
-        for i in range(len(items)):
-            tasks.append(asyncio.create_task(one(i)))
-            await asyncio.sleep(arrivals.expovariate(rate))
-        ordered = list(await asyncio.gather(*tasks))
-    wall = time.perf_counter() - start
+        # Unbounded pool, so the load is never queued on the client side.
+        client = httpx.AsyncClient(
+            base_url=target.base_url,
+            timeout=REQUEST_TIMEOUT_S,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        )
+        send = _task_request
+    async with client:
+        start = time.perf_counter()
+
+        async def one(i: int) -> Record:
+            sent = time.perf_counter()
+            record = Record(start_s=sent - start, audio_seconds=items[i].audio_seconds)
+            try:
+                await send(client, target, items[i], payloads[i], record)
+                record.e2e_s = time.perf_counter() - sent
+            except (openai.OpenAIError, httpx.HTTPError, ValueError) as e:
+                record.error = f"{type(e).__name__}: {e}"
+            finally:
+                bar.update(1)
+            return record
+
+        if concurrency is not None:
+            queue = iter(range(len(items)))
+            records: dict[int, Record] = {}
+
+            async def worker() -> None:
+                for i in queue:
+                    records[i] = await one(i)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            ordered = [records[i] for i in range(len(items))]
+        else:
+            assert rate is not None
+            arrivals = random.Random(seed)
+            tasks = []
+            for i in range(len(items)):
+                tasks.append(asyncio.create_task(one(i)))
+                await asyncio.sleep(arrivals.expovariate(rate))
+            ordered = list(await asyncio.gather(*tasks))
+        wall = time.perf_counter() - start
     bar.close()
-    await client.close()
-    await http.aclose()
     return ordered, wall
 
 
