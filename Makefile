@@ -15,11 +15,14 @@ export AUDIOTEXT_CACHE_DIR ?= $(CURDIR)/.cache
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(TARGET)
+# System tools the tests, the demo and the benchmarks run, as COMMAND:DEBIAN_PACKAGE.
+# espeak-ng speaks the benchmark workloads (tests/e2e/test_bench.py runs them).
+SYSTEM_TOOLS ?= espeak-ng:espeak-ng
 
-.PHONY: install demo serve test test-unit check format bench bench-tuning clean
+.PHONY: install system-tools demo serve test test-unit check format bench bench-tuning clean
 
 # Dependencies: only when pyproject.toml changes. The project itself: every time (a second).
-install: $(STAMP)
+install: system-tools $(STAMP)
 	$(BIN)/pip install --quiet --no-deps --force-reinstall .
 
 $(STAMP): pyproject.toml
@@ -34,6 +37,24 @@ $(STAMP): pyproject.toml
 	done
 	$(BIN)/python -c "import vllm, soxr; from transformers import Qwen2AudioForConditionalGeneration"
 	touch $@
+
+# Installs missing system tools with apt-get when allowed (root, or sudo without a
+# password); otherwise stops with one line naming the packages and the command.
+system-tools:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+		command -v "$${tool%%:*}" >/dev/null 2>&1 || missing="$$missing $${tool#*:}"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; \
+	else sudo=none; fi; \
+	if [ "$$sudo" = none ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "audiotext needs these system packages:$$missing; install them (Debian/Ubuntu: sudo apt-get install$$missing) and run make again" >&2; \
+		exit 1; \
+	fi; \
+	echo "installing system packages:$$missing (apt-get)"; \
+	$$sudo apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 
 demo: install
 	$(BIN)/audiotext demo --audio tests/data/speech_demo.flac

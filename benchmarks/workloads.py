@@ -110,7 +110,10 @@ def _utterances() -> tuple[np.ndarray, ...]:
     """Every sentence in a different voice, 16 kHz mono, with a short pause after it."""
     espeak = shutil.which("espeak-ng")
     if espeak is None:
-        raise RuntimeError("benchmark speech is made with espeak-ng: apt install espeak-ng")
+        raise RuntimeError(
+            "benchmark speech is made with espeak-ng: `make install` installs it, "
+            "or run `apt-get install espeak-ng`"
+        )
     out = []
     for i, sentence in enumerate(SENTENCES):
         voice = VOICES[i % len(VOICES)]

@@ -6,6 +6,7 @@ A smoke run so the harness cannot rot; the figures themselves are not asserted.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,11 @@ OUTPUT_TOKENS = 6
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    if shutil.which("espeak-ng") is None:
+        pytest.fail(
+            "tests/e2e/test_bench.py needs espeak-ng (it speaks the benchmark workloads): "
+            "`make install` installs it, or run `apt-get install espeak-ng`"
+        )
     out = tmp_path_factory.mktemp("bench")
     command = [
         sys.executable, "-m", "audiotext.server.cli", "bench", "--size", "tiny",
