@@ -26,7 +26,7 @@ import numpy as np
 import openai
 from tqdm import tqdm
 
-from audiotext.client._audio import encode_wav
+from audiotext.client.audio import encode_wav
 
 REQUEST_TIMEOUT_S = 600.0
 

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import soundfile
 
-from audiotext.client._audio import prepare_audio
+from audiotext.client.audio import prepare_audio
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:

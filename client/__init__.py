@@ -7,7 +7,6 @@
 Light: it needs the OpenAI SDK and audio decoders, not vLLM or torch.
 """
 
-from audiotext.client._audio import AudioSource, audio_token_count, load_audio
 from audiotext.client._client import AsyncAudioTextClient, AudioTextClient, BatchResult
 from audiotext.client._constants import DEFAULT_BASE_URL, SAMPLE_RATE
 from audiotext.client._core import Generation
@@ -23,6 +22,7 @@ from audiotext.client._exceptions import (
     OverloadedError,
     ServerError,
 )
+from audiotext.client.audio import AudioSource, audio_token_count, load_audio
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -19,7 +19,6 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 from tqdm import tqdm
 
-from audiotext.client._audio import AudioSource, PreparedAudio, is_remote_url, prepare_audio
 from audiotext.client._constants import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -41,6 +40,7 @@ from audiotext.client._core import (
     to_generation,
 )
 from audiotext.client._exceptions import AudioTextError, InvalidAudioError, from_openai
+from audiotext.client.audio import AudioSource, PreparedAudio, is_remote_url, prepare_audio
 
 BatchResult: TypeAlias = dict[str, Any] | AudioTextError
 _Call: TypeAlias = tuple[list[ChatCompletionMessageParam], float | None, dict[str, Any]]

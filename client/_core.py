@@ -11,17 +11,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from audiotext.client._audio import AudioSource, PreparedAudio
-from audiotext.client._constants import DEFAULT_MAX_NEW_TOKENS
 from audiotext.client._exceptions import InvalidRequestError
+from audiotext.client.audio import AudioSource, PreparedAudio
+from audiotext.client.task import completion_params as completion_params
+from audiotext.client.task import parse_task
 
-# Parameters the OpenAI chat API takes by name; everything else goes in `extra_body`,
-# which vLLM reads (top_k, repetition_penalty, min_p, ...).
-_OPENAI_PARAMS = frozenset(
-    {"max_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty",
-     "frequency_penalty", "logprobs", "top_logprobs", "user"}
-)  # fmt: skip
-_ALIASES = {"max_new_tokens": "max_tokens", "max_completion_tokens": "max_tokens"}
 _ROLES = ("system", "user", "assistant")
 # Keys of a Hugging Face style audio part that hold the audio itself.
 _AUDIO_KEYS = ("audio", "path", "url")
@@ -47,34 +41,18 @@ class Generation:
 
 
 def split_task(request: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, Any]]:
-    """Accept `{"audio", "text"}` or the inference form `{"inputs": {...}, "parameters"}`."""
-    if not isinstance(request, Mapping):
-        raise InvalidRequestError(
-            f"a request is a dict like {{'audio': ..., 'text': ...}}, not {type(request).__name__}"
-        )
-    if "inputs" in request:
-        inputs, params = request["inputs"], request.get("parameters") or {}
-        if not isinstance(inputs, Mapping) or not isinstance(params, Mapping):
-            raise InvalidRequestError("'inputs' and 'parameters' must be objects")
-        return inputs, dict(params)
-    return request, {}
+    """Validate a task request (`task.TaskRequest`); return its inputs and parameters."""
+    task = parse_task(request)
+    inputs = task.task_inputs()
+    return {"audio": inputs.audio, "text": inputs.text}, dict(task.parameters)
 
 
 def task_messages(request: Mapping[str, Any], system: str | None = None) -> list[dict[str, Any]]:
     """`{"audio": source | [sources], "text": optional}` -> one user turn (audio first)."""
-    unknown = set(request) - {"audio", "text"}
-    if unknown:
-        raise InvalidRequestError(f"unknown request keys: {', '.join(sorted(unknown))}")
-    audio = request.get("audio")
-    if audio is None or (isinstance(audio, list) and not audio):
-        raise InvalidRequestError("the request has no 'audio'")
-    text = request.get("text")
-    if text is not None and not isinstance(text, str):
-        raise InvalidRequestError("'text' must be a string")
-    sources = audio if isinstance(audio, list) else [audio]
-    content: list[dict[str, Any]] = [{"type": "audio", "audio": s} for s in sources]
-    if text:
-        content.append({"type": "text", "text": text})
+    inputs = parse_task(request).task_inputs()
+    content: list[dict[str, Any]] = [{"type": "audio", "audio": s} for s in inputs.sources]
+    if inputs.text:
+        content.append({"type": "text", "text": inputs.text})
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     return [*messages, {"role": "user", "content": content}]
 
@@ -114,27 +92,6 @@ def prepare_messages(
                 parts.append(part)
         out.append({**message, "content": parts})
     return out, seconds
-
-
-def completion_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Hugging Face / OpenAI generation parameters -> `chat.completions.create` keywords."""
-    named: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for key, value in params.items():
-        if value is None:
-            continue
-        key = _ALIASES.get(key, key)
-        if key == "do_sample":
-            continue
-        if key == "n" and value != 1:
-            raise InvalidRequestError("n must be 1: one request gives one answer")
-        (named if key in _OPENAI_PARAMS else extra)[key] = value
-    if params.get("do_sample") is False:
-        named["temperature"] = 0.0  # greedy, as transformers' do_sample=False
-    named.setdefault("max_tokens", DEFAULT_MAX_NEW_TOKENS)
-    if extra:
-        named["extra_body"] = extra
-    return named
 
 
 def to_generation(completion: Any, audio_seconds: float | None) -> Generation:

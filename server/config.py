@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import metadata
 from typing import Any, Literal
 
@@ -22,8 +24,13 @@ from audiotext.server import checkpoint
 
 DEFAULT_MODEL = "Qwen/Qwen2-Audio-7B-Instruct"
 ENV_PREFIX = "AUDIOTEXT_"
+# The whole configuration, serialized once by the launcher for the plugins inside vLLM's
+# processes (API servers, engine cores), which read it once each.
+CONFIG_ENV = "AUDIOTEXT_SERVER_CONFIG"
 # vLLM entry points this project ships; the launcher allowlists them through VLLM_PLUGINS.
 PLUGINS = ("audiotext_model", "audiotext_routes")
+# audiotext's media connector (`connector.py`), chosen through VLLM_MEDIA_CONNECTOR.
+MEDIA_CONNECTOR = "audiotext"
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -104,6 +111,11 @@ class ServerConfig:
     drain_timeout_s: int = _opt(
         30, "On SIGTERM, seconds in-flight requests get to finish (vLLM --shutdown-timeout)."
     )
+    all_vllm_routes: bool = _opt(
+        False,
+        "Also serve vLLM's routes audiotext does not support or test (development, "
+        "management, elastic scaling, batch, scoring); by default they answer 404.",
+    )
     stock: bool = _opt(False, "Serve with stock vLLM only: load none of audiotext's plugins.")
     padding_free: bool = _opt(
         True, "Encode only each clip's valid audio frames, not 30 s of padding (same outputs)."
@@ -146,8 +158,13 @@ class VllmInvocation:
 
     def redacted_env(self) -> dict[str, str]:
         """The environment, safe to print or log: the API key masked."""
-        key = ENV_PREFIX + "API_KEY"
-        return {k: "***" if k == key else v for k, v in self.env.items()}
+        env = dict(self.env)
+        if CONFIG_ENV in env:
+            config = json.loads(env[CONFIG_ENV])
+            if config.get("api_key"):
+                config["api_key"] = "***"
+            env[CONFIG_ENV] = json.dumps(config)
+        return env
 
 
 def to_vllm(config: ServerConfig) -> VllmInvocation:
@@ -179,38 +196,50 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
         argv.append("--enforce-eager")
     if config.api_key:
         argv += ["--api-key", config.api_key]
+    if config.media_folder:
+        argv += ["--allowed-local-media-path", config.media_folder]
+    if config.media_domains:
+        argv += ["--allowed-media-domains", *_domains(config.media_domains)]
     argv += ["--shutdown-timeout", str(config.drain_timeout_s)]
     argv += config.extra_args
     # An empty VLLM_PLUGINS allowlist loads no plugin at all: that is stock vLLM.
-    # The plugins, inside vLLM's process, read the configuration back from AUDIOTEXT_*.
-    env |= {"VLLM_PLUGINS": "" if config.stock else ",".join(PLUGINS), **_environment(config)}
+    env["VLLM_PLUGINS"] = "" if config.stock else ",".join(PLUGINS)
+    if not config.stock:
+        env["VLLM_MEDIA_CONNECTOR"] = MEDIA_CONNECTOR
+        # The plugins, inside vLLM's processes, read the configuration back from here.
+        env[CONFIG_ENV] = to_json(config)
     return VllmInvocation(argv=tuple(argv), env=env)
 
 
-def config_from_env(environ: Mapping[str, str] | None = None) -> ServerConfig:
-    """The configuration as the launcher exported it (for code running inside vLLM)."""
-    return config_from_args(argparse.Namespace(), environ=environ)
+def to_json(config: ServerConfig) -> str:
+    """The configuration as one JSON object (what the plugins read back)."""
+    return json.dumps(dataclasses.asdict(config))
+
+
+def from_json(text: str) -> ServerConfig:
+    values = json.loads(text)
+    values["extra_args"] = tuple(values.get("extra_args", ()))
+    return ServerConfig(**values)
+
+
+@cache
+def served_config() -> ServerConfig:
+    """The configuration of the server this process belongs to, read once per process.
+
+    Without a launcher (offline `LLM`, plain `vllm serve`) it is the defaults.
+    """
+    text = os.environ.get(CONFIG_ENV)
+    return from_json(text) if text else ServerConfig()
+
+
+def _domains(text: str) -> list[str]:
+    return [d.strip().lower() for d in text.split(",") if d.strip()]
 
 
 def _cpu_list(cores: str) -> str:
     if cores == "all":
         return ",".join(str(core) for core in sorted(os.sched_getaffinity(0)))
     return cores
-
-
-def _environment(config: ServerConfig) -> dict[str, str]:
-    env = {}
-    for f in dataclasses.fields(ServerConfig):
-        value = getattr(config, f.name)
-        if f.metadata.get("cli", True) and value is not None:
-            env[ENV_PREFIX + f.name.upper()] = _text(value)
-    return env
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return _number(value) if isinstance(value, float) else str(value)
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:

@@ -1,27 +1,30 @@
-"""ASGI guards in front of every route: API key, body size, load bound, deadline.
+"""ASGI guards in front of every route: API key, body size, load, deadline, drain, audio.
 
 - With an API key configured, every route but the open ones (health, metrics, version
   and the API docs, which reach neither the engine nor any media) needs
   `Authorization: Bearer <key>`, compared in constant time; otherwise 401.
 - Bodies over the cap get 413, whether announced by Content-Length or not.
 - At most `max_in_flight` requests are served at once; the next gets 503 with
-  `Retry-After`, so a full server says so at once instead of queueing without bound.
+  `Retry-After` before anything is read or decoded.
 - A request still running at its deadline is aborted (its engine work is cancelled)
   and answered 504 if nothing was sent yet.
-- Once SIGTERM has arrived, `/health` and new requests get 503 with `Retry-After`
-  while in-flight requests finish (see `lifecycle`).
+- While the server drains (`lifecycle`), `/health` and new requests get 503.
+- Each request gets its `intake.RequestAudio`: the media connector admits and counts its
+  audio there, and the response carries what was heard (`X-Audio-Seconds`,
+  `X-Audio-Windows`) on every route.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from audiotext.server.lifecycle import DRAINING
+from audiotext.server.errors import error_bytes, error_headers
+from audiotext.server.intake import AudioQueue, RequestAudio, request_scope
+from audiotext.server.lifecycle import Lifecycle
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -33,7 +36,6 @@ OPEN_PATHS = frozenset(
     {"/health", "/ping", "/metrics", "/version", "/openapi.json", "/docs", "/redoc",
      "/docs/oauth2-redirect"}
 )  # fmt: skip
-RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class GuardSettings:
     max_body_bytes: int
     max_in_flight: int
     deadline_s: float
+    max_audio_seconds: float = 240.0
+    max_queued_audio_s: float = 3600.0
 
 
 class _BodyTooLarge(Exception):
@@ -51,19 +55,20 @@ class _BodyTooLarge(Exception):
 class GuardMiddleware:
     """Pure ASGI middleware (streaming responses pass through untouched)."""
 
-    def __init__(self, app: ASGIApp, settings: GuardSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: GuardSettings, lifecycle: Lifecycle) -> None:
         self.app = app
         self.settings = settings
-        self.in_flight = 0
+        self.lifecycle = lifecycle
+        self.audio_queue = AudioQueue(settings.max_queued_audio_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and DRAINING.is_set() and scope["path"] != "/metrics":
-            await _reply(
-                send, 503, "the server is shutting down; retry on another instance",
-                {"retry-after": str(RETRY_AFTER_S)},
-            )  # fmt: skip
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if self.lifecycle.draining.is_set() and scope["path"] != "/metrics":
+            await _reply(send, 503, "the server is shutting down; retry on another instance")
+            return
+        if scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
@@ -74,18 +79,25 @@ class GuardMiddleware:
         if length.isdigit() and int(length) > self.settings.max_body_bytes:
             await _reply(send, 413, self._too_large())
             return
-        if self.in_flight >= self.settings.max_in_flight:
-            await _reply(
-                send, 503, "the server is at capacity; retry shortly",
-                {"retry-after": str(RETRY_AFTER_S)},
-            )  # fmt: skip
+        if self.lifecycle.in_flight >= self.settings.max_in_flight:
+            await _reply(send, 503, "the server is at capacity; retry shortly")
             return
-        self.in_flight += 1
+        self.lifecycle.in_flight += 1
+        try:
+            audio = RequestAudio(self.settings.max_audio_seconds, self.audio_queue)
+            with request_scope(audio):
+                await self._serve(scope, receive, send, audio)
+        finally:
+            self.lifecycle.in_flight -= 1
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, audio: RequestAudio) -> None:
         started = False
 
         async def tracked_send(message: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                message = _with_headers(message, audio)
             await send(message)
 
         try:
@@ -100,8 +112,6 @@ class GuardMiddleware:
                 await _reply(
                     send, 504, f"request exceeded its {self.settings.deadline_s:g} s deadline"
                 )
-        finally:
-            self.in_flight -= 1
 
     def _authorized(self, header: bytes) -> bool:
         assert self.settings.api_key is not None
@@ -126,24 +136,24 @@ class GuardMiddleware:
         return f"request body is over {self.settings.max_body_bytes} bytes (--max-body-mb)"
 
 
-async def _reply(
-    send: Send, status: int, message: str, headers: dict[str, str] | None = None
-) -> None:
-    kind = {401: "AuthenticationError", 413: "RequestTooLarge", 503: "Overloaded", 504: "Timeout"}
-    body = json.dumps(
-        {
-            "error": {
-                "message": message,
-                "type": kind.get(status, "Error"),
-                "param": None,
-                "code": status,
-            }
-        }
-    ).encode()
+def _with_headers(message: Message, audio: RequestAudio) -> Message:
+    """The response start with what was heard and, on 503, when to retry."""
+    extra = dict(error_headers(message["status"]))
+    if audio.windows:
+        extra |= {k.lower(): v for k, v in audio.headers().items()}
+    if not extra:
+        return message
+    present = {k.lower() for k, _ in message.get("headers", [])}
+    added = [(k.encode(), v.encode()) for k, v in extra.items() if k.encode() not in present]
+    return {**message, "headers": [*message.get("headers", []), *added]}
+
+
+async def _reply(send: Send, status: int, message: str) -> None:
+    body = error_bytes(message, status)
     raw_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
     ]
-    raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    raw_headers += [(k.encode(), v.encode()) for k, v in error_headers(status).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})

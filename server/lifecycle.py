@@ -1,36 +1,58 @@
-"""Shutdown state shared by the launcher and the guards: set on SIGTERM/SIGINT.
+"""The API server process's lifecycle: draining on shutdown, and engine death.
 
-vLLM drains in-flight requests on SIGTERM (`--shutdown-timeout`) but keeps answering
-`/health` 200 and lets new requests fail with 500 meanwhile. The launcher runs vLLM on an
-event loop that also sets `DRAINING` when vLLM's own signal handler fires; the guards
-then answer `/health` and new requests 503 with `Retry-After`.
+- Drain: vLLM begins every shutdown (SIGTERM or SIGINT, one API server or several) by
+  shutting its engine client down, which shuts audiotext's renderer down first
+  (`renderer.GuardedHfRenderer.on_shutdown`). The server then turns `/health` and new
+  requests away with 503 and `Retry-After`, and waits up to `--drain-timeout-s` for the
+  requests in flight to finish before vLLM stops the engine. vLLM alone would keep
+  `/health` at 200 and, with several API servers, cut the requests in flight.
+- Engine death: the engine client's public `errored` turning true while no shutdown was
+  asked for. vLLM's single API server then returns normally; the launcher reads
+  `engine_died` and exits 1, so that an orchestrator restarts the server.
 """
 
 from __future__ import annotations
 
-import signal
+import asyncio
+import logging
 import threading
-from collections.abc import Callable
+import time
 from typing import Any
 
-DRAINING = threading.Event()
+logger = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 0.5
 
 
-def drain_aware_loop() -> Any:
-    """A uvloop loop whose SIGTERM/SIGINT handlers first mark the server as draining."""
-    import uvloop
+class Lifecycle:
+    """Whether this API server is draining, how many requests it is serving, and whether
+    its engine died."""
 
-    class DrainAwareLoop(uvloop.Loop):
-        def add_signal_handler(  # type: ignore[override]
-            self, sig: int, callback: Callable[..., Any], *args: Any
-        ) -> None:
-            if sig in (signal.SIGTERM, signal.SIGINT):
-                inner = callback
+    def __init__(self) -> None:
+        self.draining = threading.Event()
+        self.in_flight = 0
+        self.engine_died = False
 
-                def callback(*cb_args: Any) -> None:
-                    DRAINING.set()
-                    inner(*cb_args)
+    def drain(self, timeout_s: float) -> None:
+        """Refuse new requests and wait (blocking) until those in flight are done."""
+        self.draining.set()
+        deadline = time.monotonic() + timeout_s
+        if self.in_flight:
+            logger.info("draining: %d request(s) in flight", self.in_flight)
+        while self.in_flight > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.in_flight:
+            logger.warning("drain timeout: %d request(s) still in flight", self.in_flight)
 
-            super().add_signal_handler(sig, callback, *args)
+    async def watch_engine(self, engine_client: Any) -> None:
+        """Mark the engine dead when vLLM's engine client errs without a shutdown."""
+        while not self.draining.is_set():
+            if engine_client.errored:
+                self.engine_died = True
+                logger.error("the engine died; the server will exit with code 1")
+                return
+            await asyncio.sleep(WATCH_INTERVAL_S)
 
-    return DrainAwareLoop()
+
+# This process's lifecycle: the endpoint plugin feeds it, the launcher reads it.
+PROCESS = Lifecycle()

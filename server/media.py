@@ -22,7 +22,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
-from audiotext.server.long_audio import AudioRequestError
+from audiotext.server.errors import AudioRequestError
 
 MAX_REDIRECTS = 3
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -105,21 +105,7 @@ class MediaFetcher:
         raise _error(f"too many redirects (more than {MAX_REDIRECTS}) fetching audio")
 
     def read_local(self, url: str) -> bytes:
-        folder = self.policy.local_folder
-        if folder is None:
-            raise _error("file:// URLs are disabled; the server has no --media-folder", 403)
-        parts = urlsplit(url)
-        if parts.netloc not in ("", "localhost"):
-            raise _error("file:// URLs must name a local path", 400)
-        root = folder.resolve()
-        path = Path(unquote(parts.path)).resolve()
-        if not path.is_relative_to(root):
-            raise _error(f"file:// URLs must stay inside {root}", 403)
-        if not path.is_file():
-            raise _error(f"no such file: {path.relative_to(root)}", 400)
-        if path.stat().st_size > self.policy.max_bytes:
-            raise _error(f"audio file is over {self.policy.max_bytes} bytes", 413)
-        return path.read_bytes()
+        return read_local(self.policy, url)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -169,6 +155,25 @@ class MediaFetcher:
                 raise _error(f"audio at {url} is over {self.policy.max_bytes} bytes", 413)
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def read_local(policy: MediaPolicy, url: str) -> bytes:
+    """The bytes of a `file://` URL below the policy's folder, or a 403/400/413 error."""
+    folder = policy.local_folder
+    if folder is None:
+        raise _error("file:// URLs are disabled; the server has no --media-folder", 403)
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise _error("file:// URLs must name a local path", 400)
+    root = folder.resolve()
+    path = Path(unquote(parts.path)).resolve()
+    if not path.is_relative_to(root):
+        raise _error(f"file:// URLs must stay inside {root}", 403)
+    if not path.is_file():
+        raise _error(f"no such file: {path.relative_to(root)}", 400)
+    if path.stat().st_size > policy.max_bytes:
+        raise _error(f"audio file is over {policy.max_bytes} bytes", 413)
+    return path.read_bytes()
 
 
 def _error(message: str, status: int = 400) -> AudioRequestError:

@@ -1,34 +1,47 @@
-"""vLLM endpoint plugin (`vllm.endpoint_plugins`): attaches audiotext's routes.
+"""vLLM endpoint plugin (`vllm.endpoint_plugins`): audiotext's routes, surface and guards.
 
-vLLM loads it in the API server process when `VLLM_PLUGINS` names `audiotext_routes`,
-which the launcher does unless `--stock` is given.
+vLLM loads it in every API server process when `VLLM_PLUGINS` names `audiotext_routes`,
+which the launcher does unless `--stock` is given. It
+- adds the task, transcription and translation routes (`routes`);
+- keeps the routes audiotext supports and tests, and drops the rest (vLLM's development,
+  management and elastic-scaling routes) unless `--all-vllm-routes` is given;
+- puts the guards (`guards`) in front of every route;
+- turns on the renderer's control-token check and hooks draining into vLLM's shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from argparse import Namespace
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
-from audiotext.server.config import config_from_env
+from audiotext.server import lifecycle
+from audiotext.server.config import MEDIA_CONNECTOR, served_config
 
-# The engine this process serves, kept so the launcher can tell a crash from a stop.
-_engine: Any = None
+logger = logging.getLogger(__name__)
 
-
-def engine_failed() -> bool:
-    """True when the engine process of this server died (rather than being stopped)."""
-    # vLLM marks the engine dead after a clean stop too; only a failed engine process
-    # (non-zero exit, e.g. killed) means a crash.
-    resources = getattr(getattr(_engine, "engine_core", None), "resources", None)
-    manager = getattr(resources, "engine_manager", None)
-    return any(p.exitcode not in (0, None) for p in getattr(manager, "processes", []))
+# The served surface: what audiotext supports and its tests exercise.
+SUPPORTED_PATHS = frozenset(
+    {
+        # open: probes, metrics, docs
+        "/health", "/ping", "/metrics", "/version", "/load",
+        "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static",
+        # OpenAI, Anthropic and SageMaker shapes
+        "/v1/models", "/v1/chat/completions", "/v1/completions",
+        "/v1/responses", "/v1/responses/{response_id}", "/v1/responses/{response_id}/cancel",
+        "/v1/messages", "/v1/messages/count_tokens", "/invocations",
+        "/tokenize", "/detokenize",
+        # audiotext's own
+        "/v1/audio-text-to-text", "/v1/audio/transcriptions", "/v1/audio/translations",
+    }
+)  # fmt: skip
 
 
 class AudioTextRoutes:
-    """The task, transcription and translation routes, and long audio on chat completions."""
+    """The task, transcription and translation routes; the surface; the guards."""
 
     name = "audiotext_routes"
     required_tasks = ("generate",)
@@ -37,39 +50,42 @@ class AudioTextRoutes:
         from audiotext.server.guards import GuardMiddleware, GuardSettings
         from audiotext.server.routes import router
 
+        config = served_config()
         app.include_router(router)
-        config = config_from_env()
+        if not config.all_vllm_routes:
+            app.router.routes[:] = [
+                r for r in app.router.routes if getattr(r, "path", None) in SUPPORTED_PATHS
+            ]
         settings = GuardSettings(
             api_key=config.api_key,
             max_body_bytes=int(config.max_body_mb * 2**20),
             max_in_flight=config.max_queued_requests,
             deadline_s=config.request_timeout_s,
+            max_audio_seconds=config.max_audio_seconds,
+            max_queued_audio_s=config.max_queued_audio_s,
         )
-        app.add_middleware(GuardMiddleware, settings=settings)
+        app.add_middleware(GuardMiddleware, settings=settings, lifecycle=lifecycle.PROCESS)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
-        from audiotext.server.long_audio import AudioLimits
-        from audiotext.server.media import MediaFetcher, MediaPolicy
-        from audiotext.server.routes import RouteState
+        from vllm import envs
 
-        global _engine
-        _engine = engine_client
-        config = config_from_env()
-        model_config = engine_client.model_config
-        limits = AudioLimits(
-            max_seconds=config.max_audio_seconds,
-            max_items=model_config.multimodal_config.get_limit_per_prompt("audio"),
-            max_model_len=model_config.max_model_len,
-        )
-        domains = {d.strip().lower() for d in (config.media_domains or "").split(",") if d.strip()}
-        policy = MediaPolicy(
-            max_bytes=int(config.max_fetch_mb * 2**20),
-            timeout_s=config.fetch_timeout_s,
-            allowed_domains=frozenset(domains),
-            local_folder=Path(config.media_folder) if config.media_folder else None,
-        )
-        state.audiotext = RouteState(
-            limits=limits,
-            fetcher=MediaFetcher(policy),
-            max_queued_audio_s=config.max_queued_audio_s,
+        from audiotext.server.renderer import GuardedHfRenderer
+
+        # Fail at start, not silently, if vLLM stopped using what the guarantees rest on.
+        renderer = engine_client.renderer
+        if not isinstance(renderer, GuardedHfRenderer):
+            raise RuntimeError(
+                f"vLLM uses {type(renderer).__name__}, not audiotext's renderer: control "
+                "tokens would not be refused"
+            )
+        if envs.VLLM_MEDIA_CONNECTOR != MEDIA_CONNECTOR:
+            raise RuntimeError(
+                f"vLLM's media connector is {envs.VLLM_MEDIA_CONNECTOR!r}, not audiotext's: "
+                "audio would not be guarded"
+            )
+        renderer.guard_user_text = True
+        drain_s = served_config().drain_timeout_s
+        renderer.on_shutdown.append(lambda: lifecycle.PROCESS.drain(drain_s))
+        state.audiotext_engine_watch = asyncio.get_running_loop().create_task(
+            lifecycle.PROCESS.watch_engine(engine_client)
         )

@@ -16,7 +16,7 @@ import soundfile
 import soxr
 
 from audiotext.client import InvalidAudioError, audio_token_count, load_audio
-from audiotext.client._audio import PreparedAudio, prepare_audio
+from audiotext.client.audio import PreparedAudio, prepare_audio
 from tests.conftest import (
     SAMPLE_RATE,
     aligned_correlation,

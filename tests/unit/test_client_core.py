@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from audiotext.client import Generation, InvalidRequestError
-from audiotext.client._audio import AudioSource, PreparedAudio
 from audiotext.client._constants import DEFAULT_MAX_NEW_TOKENS
 from audiotext.client._core import (
     completion_params,
@@ -17,6 +16,7 @@ from audiotext.client._core import (
     task_messages,
     to_generation,
 )
+from audiotext.client.audio import AudioSource, PreparedAudio
 
 
 def fake_prepare(source: AudioSource) -> PreparedAudio:
@@ -65,13 +65,16 @@ def test_inference_form_is_accepted() -> None:
     [
         ({"text": "hi"}, "no 'audio'"),
         ({"audio": []}, "no 'audio'"),
-        ({"audio": "a.wav", "txt": "typo"}, "unknown request keys: txt"),
-        ({"audio": "a.wav", "text": 3}, "'text' must be a string"),
+        ({"audio": "a.wav", "txt": "typo"}, "unknown request key: txt"),
+        ({"audio": "a.wav", "text": 3}, "text: Input should be a valid string"),
+        # The inference form follows the same rules as the flat one (and as the server).
+        ({"inputs": {"audio": "a.wav"}, "voice": 1}, "unknown request key: voice"),
+        ({"inputs": {"audio": "a.wav"}, "text": "hi"}, "either 'inputs' or 'audio'/'text'"),
     ],
 )
 def test_bad_requests_are_rejected(request_: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequestError, match=message):
-        task_messages(request_)
+        task_messages(split_task(request_)[0])
 
 
 def test_split_task_rejects_non_dicts() -> None:

@@ -14,7 +14,7 @@ from audiotext.server.cli import parse_args
 from audiotext.server.config import (
     ServerConfig,
     config_from_args,
-    config_from_env,
+    from_json,
     to_cli_args,
     to_vllm,
 )
@@ -54,8 +54,18 @@ def test_plugins_read_the_configuration_back_from_the_environment() -> None:
         enforce_eager=True,
     )  # fmt: skip
     env = to_vllm(config).env
-    assert env["AUDIOTEXT_MAX_AUDIO_SECONDS"] == "90"
-    assert config_from_env(env) == config
+    assert json.loads(env["AUDIOTEXT_SERVER_CONFIG"])["max_audio_seconds"] == 90
+    assert from_json(env["AUDIOTEXT_SERVER_CONFIG"]) == config
+    assert env["VLLM_MEDIA_CONNECTOR"] == "audiotext"
+    # vLLM's own media policy flags say the same as audiotext's.
+    argv = to_vllm(config).argv
+    assert argv[argv.index("--allowed-media-domains") + 1 :][:2] == ("a.test", "b.test")
+
+
+def test_stock_loads_no_plugin_and_no_connector() -> None:
+    env = to_vllm(ServerConfig(stock=True)).env
+    assert env["VLLM_PLUGINS"] == ""
+    assert "VLLM_MEDIA_CONNECTOR" not in env and "AUDIOTEXT_SERVER_CONFIG" not in env
 
 
 def test_cuda_uses_memory_fraction_not_kv_bytes() -> None:
@@ -162,7 +172,8 @@ def test_dry_run_redacts_the_api_key() -> None:
     result = run_cli("serve", "--api-key", "sk-secret", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "sk-secret" not in result.stdout
-    assert json.loads(result.stdout)["env"]["AUDIOTEXT_API_KEY"] == "***"
+    env = json.loads(result.stdout)["env"]
+    assert json.loads(env["AUDIOTEXT_SERVER_CONFIG"])["api_key"] == "***"
 
 
 @pytest.mark.parametrize(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import httpx
 
 from audiotext.server.guards import GuardMiddleware, GuardSettings
-from audiotext.server.lifecycle import DRAINING
+from audiotext.server.lifecycle import Lifecycle
 
 SETTINGS = GuardSettings(api_key="k", max_body_bytes=100, max_in_flight=2, deadline_s=0.5)
 AUTH = {"Authorization": "Bearer k"}
@@ -25,9 +27,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def call(*requests: dict[str, Any], settings: GuardSettings = SETTINGS) -> list[httpx.Response]:
+def call(
+    *requests: dict[str, Any], settings: GuardSettings = SETTINGS, lifecycle: Lifecycle | None = None
+) -> list[httpx.Response]:
+    guard = GuardMiddleware(app, settings, lifecycle or Lifecycle())  # type: ignore[arg-type]
+
     async def run() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=GuardMiddleware(app, settings))  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=guard)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             return list(await asyncio.gather(*(client.request(**r) for r in requests)))
 
@@ -76,11 +82,25 @@ def test_deadline_aborts_with_504() -> None:
 
 
 def test_draining_turns_readiness_and_new_requests_to_503() -> None:
-    DRAINING.set()
-    try:
-        health, work = call(
-            {"method": "GET", "url": "/health"}, {"method": "POST", "url": "/x", "headers": AUTH}
-        )
-    finally:
-        DRAINING.clear()
+    lifecycle = Lifecycle()
+    lifecycle.draining.set()
+    health, work = call(
+        {"method": "GET", "url": "/health"},
+        {"method": "POST", "url": "/x", "headers": AUTH},
+        lifecycle=lifecycle,
+    )
     assert health.status_code == work.status_code == 503
+
+
+def test_drain_waits_for_requests_in_flight() -> None:
+    lifecycle = Lifecycle()
+    lifecycle.in_flight = 1
+    threading.Timer(0.3, lambda: setattr(lifecycle, "in_flight", 0)).start()
+    started = time.monotonic()
+    lifecycle.drain(timeout_s=5)
+    assert 0.25 < time.monotonic() - started < 2
+    assert lifecycle.draining.is_set()
+    started = time.monotonic()
+    lifecycle.in_flight = 1
+    lifecycle.drain(timeout_s=0.2)  # gives up at the timeout
+    assert time.monotonic() - started < 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from audiotext.server.long_audio import AudioRequestError
+from audiotext.server.errors import AudioRequestError
 from audiotext.server.media import MediaFetcher, MediaPolicy, refusal
 
 POLICY = MediaPolicy(max_bytes=1000, timeout_s=5)

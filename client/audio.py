@@ -1,4 +1,7 @@
-"""Audio sources -> OpenAI content parts, decoded and normalised on the client.
+"""Audio decoding and normalisation, shared by the client and the server.
+
+The client normalises local audio before sending it; the server's audio intake decodes
+what it receives with the same functions, so both hear a clip the same way.
 
 Local audio (a path, bytes, a file object, a numpy array, a `data:` URL) is decoded with
 soundfile (WAV, FLAC, OGG/Opus, MP3) or PyAV (M4A/MP4, WebM and the rest), down-mixed to
@@ -27,6 +30,22 @@ import soxr
 
 from audiotext.client._constants import HOP_LENGTH, SAMPLE_RATE
 from audiotext.client._exceptions import AudioTooLongError, InvalidAudioError
+
+__all__ = [
+    "SAMPLE_RATE",
+    "AudioSource",
+    "AudioTooLongError",
+    "InvalidAudioError",
+    "PreparedAudio",
+    "Samples",
+    "audio_token_count",
+    "decode",
+    "encode_wav",
+    "load_audio",
+    "min_samples",
+    "prepare_audio",
+    "to_model_rate",
+]
 
 Samples: TypeAlias = npt.NDArray[np.float32]
 # A path, a URL, encoded bytes, a binary file object, samples at 16 kHz, (samples, rate),

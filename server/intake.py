@@ -1,0 +1,173 @@
+"""Audio intake: what happens to every clip on its way to the engine, once.
+
+vLLM resolves the audio of every route (chat completions, responses, Anthropic messages,
+SageMaker invocations, tokenize, audiotext's own routes) and of offline `LLM.chat`
+through its media connector; audiotext's connector (`connector.py`) fetches the bytes
+under the media policy and hands them to `take`:
+
+1. admission, before decoding: the clip's declared duration (its container header) counts
+   against the request's `--max-audio-seconds` (413) and the server's
+   `--max-queued-audio-s` (503), so an overload or an oversized clip costs no decode;
+2. one decode (soundfile, else PyAV), capped so that a small file cannot expand to hours;
+3. down-mix and soxr resampling to the model's 16 kHz; empty, non-finite or too-short
+   audio is a 400.
+
+The samples returned are the samples the model's processor gets. A request's
+`RequestAudio` (set per HTTP request by the guard middleware, in a context variable)
+counts what was heard, for the response, and holds its queued seconds until it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile
+
+from audiotext.client.audio import SAMPLE_RATE as SAMPLE_RATE
+from audiotext.client.audio import (
+    AudioTooLongError,
+    InvalidAudioError,
+    Samples,
+    decode,
+    to_model_rate,
+)
+from audiotext.server.errors import AudioRequestError
+from audiotext.server.windows import window_count
+
+# Decoders disagree on a file's length by a few samples; do not refuse for that.
+TOLERANCE_S = 0.01
+
+
+class AudioQueue:
+    """Seconds of audio in flight in this API process, bounded (`--max-queued-audio-s`)."""
+
+    def __init__(self, max_seconds: float) -> None:
+        self.max_seconds = max_seconds
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def hold(self, seconds: float) -> None:
+        """Count `seconds` as in flight, or refuse (503) when that would overfill the queue.
+
+        One request alone may always run, however long its audio: the per-request limit
+        (`--max-audio-seconds`) bounds it.
+        """
+        with self._lock:
+            if self.seconds > 0 and self.seconds + seconds > self.max_seconds:
+                raise AudioRequestError(
+                    f"the server has {self.seconds:.0f} s of audio in flight, its limit is "
+                    f"{self.max_seconds:g} s (--max-queued-audio-s); retry shortly",
+                    status=503,
+                )
+            self.seconds += seconds
+
+    def release(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds = max(0.0, self.seconds - seconds)
+
+
+@dataclass
+class RequestAudio:
+    """One request's audio: what it may carry, what it holds in the queue, what was heard."""
+
+    max_seconds: float
+    queue: AudioQueue | None = None
+    seconds: float = 0.0
+    windows: int = 0
+    held: float = field(default=0.0, repr=False)
+
+    def admit(self, seconds: float) -> None:
+        """Count a clip of `seconds` against this request's and the server's limits."""
+        if self.seconds + seconds > self.max_seconds + TOLERANCE_S:
+            raise too_long(self.max_seconds)
+        if self.queue is not None and seconds > 0:
+            self.queue.hold(seconds)
+            self.held += seconds
+
+    def heard(self, samples: Samples) -> None:
+        """Record a decoded clip; its decoded length replaces whatever it declared."""
+        self.seconds += len(samples) / SAMPLE_RATE
+        self.windows += window_count(samples)
+
+    def release(self) -> None:
+        if self.queue is not None:
+            self.queue.release(self.held)
+        self.held = 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"seconds": round(self.seconds, 3), "windows": self.windows}
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Audio-Seconds": f"{self.seconds:.3f}", "X-Audio-Windows": str(self.windows)}
+
+
+CURRENT: ContextVar[RequestAudio | None] = ContextVar("audiotext_request_audio", default=None)
+
+
+@contextlib.contextmanager
+def request_scope(request: RequestAudio) -> Iterator[RequestAudio]:
+    """Make `request` the current request's audio until the block ends, then release it."""
+    token = CURRENT.set(request)
+    try:
+        yield request
+    finally:
+        request.release()
+        CURRENT.reset(token)
+
+
+def too_long(max_seconds: float) -> AudioRequestError:
+    return AudioRequestError(
+        f"audio is longer than {max_seconds:g} s; this server accepts at most "
+        f"{max_seconds:g} s per request (--max-audio-seconds)",
+        status=413,
+    )
+
+
+def declared_seconds(data: bytes) -> float | None:
+    """The duration a file's header declares, without decoding it (None if it has none)."""
+    try:
+        info = soundfile.info(io.BytesIO(data))
+        if info.samplerate > 0 and info.frames > 0:
+            return float(info.frames / info.samplerate)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError):
+        pass
+    try:
+        import av
+
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if container.duration:
+                return float(container.duration / av.time_base)
+    except (av.error.FFmpegError, ValueError):
+        pass
+    return None
+
+
+def take(data: bytes, max_seconds: float) -> Samples:
+    """Admit, decode once and resample one clip for the current request (see module doc).
+
+    Args:
+        data: the encoded audio.
+        max_seconds: audio one request may carry (`--max-audio-seconds`); used when no
+            request is current (offline use).
+    """
+    request = CURRENT.get() or RequestAudio(max_seconds=max_seconds)
+    declared = declared_seconds(data)
+    if declared is not None:
+        request.admit(declared)
+    budget = request.max_seconds - request.seconds + TOLERANCE_S
+    try:
+        samples = to_model_rate(*decode(data, max_seconds=budget))
+    except AudioTooLongError as e:
+        raise too_long(request.max_seconds) from e
+    except InvalidAudioError as e:
+        raise AudioRequestError(str(e)) from e
+    if declared is None:
+        request.admit(len(samples) / SAMPLE_RATE)
+    request.heard(samples)
+    return np.ascontiguousarray(samples)
