@@ -19,11 +19,17 @@ STAMP := $(VENV)/.installed-$(TARGET)
 # espeak-ng speaks the benchmark workloads (tests/e2e/test_bench.py runs them).
 SYSTEM_TOOLS ?= espeak-ng:espeak-ng
 
-.PHONY: install system-tools demo serve test test-unit check format bench bench-tuning clean
+.PHONY: install system-tools demo serve test test-unit test-wheel check format bench bench-tuning clean
 
-# Dependencies: only when pyproject.toml changes. The project itself: every time (a second).
+# Dependencies: only when pyproject.toml changes. The project itself: every time (a second),
+# in development mode: the installed packages are links to server/, client/ and
+# benchmarks/, so what runs (tests, the server, its vLLM plugins) is the source you edit.
 install: system-tools $(STAMP)
 	$(BIN)/pip install --quiet --no-deps --force-reinstall .
+	@site=$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+	for pkg in server client benchmarks; do \
+		rm -rf "$$site/audiotext/$$pkg" && ln -s "$(CURDIR)/$$pkg" "$$site/audiotext/$$pkg"; \
+	done
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -85,6 +91,12 @@ test: install
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# The built wheel, as users install it: package data, entry points, vLLM plugins, CLI.
+test-wheel: install
+	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+	$(BIN)/pip install --quiet --no-deps --force-reinstall dist/*.whl
+	AUDIOTEXT_TEST_WHEEL=1 $(BIN)/pytest tests/unit/test_package.py $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/ruff check server client benchmarks tests

@@ -23,7 +23,7 @@ from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
 
 from audiotext.server import intake
 from audiotext.server.config import served_config
-from audiotext.server.errors import AudioRequestError
+from audiotext.server.errors import request_error
 from audiotext.server.media import MediaFetcher, MediaPolicy, read_local
 
 NAME = "audiotext"
@@ -82,7 +82,7 @@ class AudioTextMediaConnector(MediaConnector):
         if url[:5].lower() == "file:":
             return read_local(self.policy, url)
         scheme = url.partition(":")[0] if ":" in url else "none"
-        raise AudioRequestError(
+        raise request_error(
             f"audio URLs must be http(s), data: or file:, not {scheme}", param="audio_url"
         )
 
@@ -118,19 +118,19 @@ def data_url_bytes(url: str) -> bytes:
     header, sep, payload = url[5:].partition(",")
     media_type, _, encoding = header.rpartition(";")
     if not sep or encoding != "base64":
-        raise AudioRequestError("audio data URLs must be base64", param="audio_url")
+        raise request_error("audio data URLs must be base64", param="audio_url")
     media_type = media_type.partition(";")[0].strip().lower()
     if media_type.startswith("audio/") and media_type[6:] not in AUDIO_SUBTYPES:
-        raise AudioRequestError(
+        raise request_error(
             f"audio format {media_type[6:]!r} is not supported; send one of wav, mp3, flac, "
             "ogg, opus, m4a, mp4, webm, aac",
             param="input_audio.format",
         )
     if not payload:
-        raise AudioRequestError("the audio data is empty", param="input_audio.data")
+        raise request_error("the audio data is empty", param="input_audio.data")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise AudioRequestError(
+        raise request_error(
             f"the audio data is not valid base64: {e}", param="input_audio.data"
         ) from e

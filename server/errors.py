@@ -1,10 +1,10 @@
 """The server's errors and the one place their HTTP bodies are built.
 
-AudioRequestError (vLLM's GracefulHTTPError: vLLM answers it with its own status)
-├── 400  bad audio, bad parameters, too many windows, control tokens in text
-├── 403  a media URL or file the server must not read
-├── 413  audio or a body over a limit
-└── 503  the server is full (with Retry-After)
+AudioRequestError (a ValueError), built by `request_error(message, status, param)`
+├── 400  bad audio, too many windows, control tokens in text (vLLM's VLLMValidationError:
+│        answered with the parameter named)
+└── 403  a media URL or file the server must not read, 413 audio or a body over a limit,
+         503 the server is full (vLLM's GracefulHTTPError: answered with its status)
 
 Raised anywhere a request passes through (the media connector, the model's processor,
 audiotext's routes), they reach the client as an OpenAI-style error object:
@@ -17,22 +17,47 @@ import json
 from http import HTTPStatus
 from typing import Any
 
-from vllm.exceptions import GracefulHTTPError
+from vllm.exceptions import GracefulHTTPError, VLLMValidationError
 
 RETRY_AFTER_S = 1
 
 
-class AudioRequestError(GracefulHTTPError, ValueError):
+class AudioRequestError(ValueError):
     """A request the server refuses, with the HTTP status to answer and the culprit field.
 
-    It is a ValueError too, so code that treats bad input as ValueError (vLLM's processor
-    wrappers, offline `LLM.generate`) still sees bad input.
+    A ValueError, so code that treats bad input as ValueError (vLLM's processor wrappers,
+    offline `LLM.generate`) sees bad input. Build one with `request_error`.
     """
 
-    def __init__(self, message: str, status: int = 400, param: str | None = "messages") -> None:
-        super().__init__(message, HTTPStatus(status))
-        self.status = status
-        self.param = param
+    status: int
+    param: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class _BadRequest(VLLMValidationError, AudioRequestError):
+    """400: vLLM answers it with the parameter named."""
+
+    __str__ = AudioRequestError.__str__
+
+
+class _Refused(GracefulHTTPError, AudioRequestError):
+    """403, 413, 503: vLLM answers it with the status it carries."""
+
+
+def request_error(
+    message: str, status: int = 400, param: str | None = "messages"
+) -> AudioRequestError:
+    """The error to raise for a refused request, anywhere a request passes through."""
+    error: AudioRequestError
+    if status == 400:
+        error = _BadRequest(message, parameter=param)
+    else:
+        error = _Refused(message, HTTPStatus(status))
+    error.status, error.param, error.message = status, param, message
+    return error
 
 
 def error_body(message: str, status: int, param: str | None = None) -> dict[str, Any]:

@@ -37,7 +37,8 @@ from audiotext.client.audio import (
     decode,
     to_model_rate,
 )
-from audiotext.server.errors import AudioRequestError
+from audiotext.server import metrics
+from audiotext.server.errors import AudioRequestError, request_error
 from audiotext.server.windows import window_count
 
 # Decoders disagree on a file's length by a few samples; do not refuse for that.
@@ -60,7 +61,7 @@ class AudioQueue:
         """
         with self._lock:
             if self.seconds > 0 and self.seconds + seconds > self.max_seconds:
-                raise AudioRequestError(
+                raise request_error(
                     f"the server has {self.seconds:.0f} s of audio in flight, its limit is "
                     f"{self.max_seconds:g} s (--max-queued-audio-s); retry shortly",
                     status=503,
@@ -122,7 +123,7 @@ def request_scope(request: RequestAudio) -> Iterator[RequestAudio]:
 
 
 def too_long(max_seconds: float) -> AudioRequestError:
-    return AudioRequestError(
+    return request_error(
         f"audio is longer than {max_seconds:g} s; this server accepts at most "
         f"{max_seconds:g} s per request (--max-audio-seconds)",
         status=413,
@@ -161,13 +162,15 @@ def take(data: bytes, max_seconds: float) -> Samples:
     if declared is not None:
         request.admit(declared)
     budget = request.max_seconds - request.seconds + TOLERANCE_S
+    metrics.AUDIO_DECODES.inc()
     try:
         samples = to_model_rate(*decode(data, max_seconds=budget))
     except AudioTooLongError as e:
         raise too_long(request.max_seconds) from e
     except InvalidAudioError as e:
-        raise AudioRequestError(str(e)) from e
+        raise request_error(str(e)) from e
     if declared is None:
         request.admit(len(samples) / SAMPLE_RATE)
     request.heard(samples)
+    metrics.AUDIO_SECONDS.inc(len(samples) / SAMPLE_RATE)
     return np.ascontiguousarray(samples)

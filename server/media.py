@@ -22,7 +22,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
-from audiotext.server.errors import AudioRequestError
+from audiotext.server.errors import AudioRequestError, request_error
 
 MAX_REDIRECTS = 3
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -177,4 +177,4 @@ def read_local(policy: MediaPolicy, url: str) -> bytes:
 
 
 def _error(message: str, status: int = 400) -> AudioRequestError:
-    return AudioRequestError(message, status=status, param="audio_url")
+    return request_error(message, status=status, param="audio_url")

@@ -30,7 +30,7 @@ from vllm.multimodal.processing import PromptReplacement, PromptUpdate, PromptUp
 
 from audiotext.server.config import served_config
 from audiotext.server.encoder import encode_valid_frames
-from audiotext.server.errors import AudioRequestError
+from audiotext.server.errors import request_error
 from audiotext.server.features import trimmed_features
 from audiotext.server.windows import split_windows
 
@@ -78,7 +78,7 @@ class Qwen2AudioMultiModalProcessor(stock.Qwen2AudioMultiModalProcessor):
         limit = self.info.allowed_mm_limits.get("audio", 1)
         windows = sum(len(clip) for clip in clips)
         if windows > limit:
-            raise AudioRequestError(
+            raise request_error(
                 f"the audio needs {windows} windows of at most 30 s; this server accepts at "
                 f"most {limit} per request (--max-audios-per-prompt)"
             )
@@ -139,7 +139,7 @@ class Qwen2AudioMultiModalProcessor(stock.Qwen2AudioMultiModalProcessor):
 
         def replacement(item: int) -> PromptUpdateDetails:
             if min(tokens[item]) == 0:
-                raise AudioRequestError("the audio is too short to be heard by the model")
+                raise request_error("the audio is too short to be heard by the model")
             sequence: list[int] = []
             for count in tokens[item]:
                 sequence += [*(separator if sequence else []), *[audio_token_id] * count]

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from vllm.renderers.hf import HfRenderer
 
-from audiotext.server.errors import AudioRequestError
+from audiotext.server.errors import AudioRequestError, request_error
 
 # Token-id prompts may arrive under these request fields.
 TOKEN_PARAMETERS = ("kv_transfer_params.prompt_token_ids",)
@@ -109,7 +109,7 @@ class GuardedHfRenderer(HfRenderer):
 
 
 def control_token_error(token: str, param: str) -> AudioRequestError:
-    return AudioRequestError(
+    return request_error(
         f"the request contains the reserved token {token}; remove control tokens from text",
         param=param,
     )

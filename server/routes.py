@@ -39,7 +39,7 @@ from vllm.entrypoints.serve.utils.sse_keep_alive import with_sse_keep_alive
 from audiotext.client import InvalidRequestError
 from audiotext.client.task import TaskRequest, completion_params
 from audiotext.server import intake
-from audiotext.server.errors import AudioRequestError, error_body, error_headers
+from audiotext.server.errors import AudioRequestError, error_body, error_headers, request_error
 from audiotext.server.windows import WINDOW_S
 
 router = APIRouter()
@@ -265,7 +265,7 @@ def _data_url(data: bytes) -> str:
 
 def _audio_part(source: object) -> dict[str, Any]:
     if not isinstance(source, str):
-        raise AudioRequestError(
+        raise request_error(
             "audio must be an http(s) URL, a data: URL or base64 audio (a string)", param="audio"
         )
     if source.startswith(("http://", "https://", "data:")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -176,6 +177,25 @@ def test_transcription_rejects_unsupported_format_and_bad_audio(client: openai.O
         client.audio.transcriptions.create(
             model="tiny", file=("c.wav", b"not audio" * 100, "audio/wav")
         )
+
+
+def decodes(http: httpx.Client) -> float:
+    """Clips the API server has decoded so far (its `audiotext_audio_decodes_total`)."""
+    metrics = http.get("/metrics").text
+    return float(re.findall(r"^audiotext_audio_decodes_total (\S+)$", metrics, re.M)[0])
+
+
+def test_each_clip_is_decoded_once_in_the_api_process(
+    http: httpx.Client, client: openai.OpenAI
+) -> None:
+    before = decodes(http)
+    chat(client, wav_bytes(load_clip("1s")), wav_bytes(speech_of(45)))
+    assert decodes(http) - before == 2
+    task = {"audio": b64(wav_bytes(load_clip("6s"))), "parameters": GREEDY}
+    assert http.post("/v1/audio-text-to-text", json=task).status_code == 200
+    assert decodes(http) - before == 3
+    client.audio.transcriptions.create(model="tiny", file=("a.wav", wav_bytes(load_clip("1s"))))
+    assert decodes(http) - before == 4
 
 
 def test_routes_are_in_the_openapi_schema(http: httpx.Client) -> None:

@@ -69,17 +69,26 @@ def test_overload_sheds_with_503_and_loses_no_accepted_request(http: httpx.Clien
     )
 
 
+def decodes(http: httpx.Client) -> float:
+    """Clips the API server has decoded so far (its `audiotext_audio_decodes_total`)."""
+    metrics = http.get("/metrics").text
+    return float(re.findall(r"^audiotext_audio_decodes_total (\S+)$", metrics, re.M)[0])
+
+
 def test_queued_audio_seconds_are_bounded_too(http: httpx.Client) -> None:
     long_audio = b64(wav_bytes(speech_of(20)))
     body = request(200)
     body["messages"][0]["content"][0]["input_audio"]["data"] = long_audio
 
+    before = decodes(http)
     with ThreadPoolExecutor(max_workers=6) as pool:
         replies = list(pool.map(lambda _: http.post("/v1/chat/completions", json=body), range(6)))
     shed = [r for r in replies if r.status_code == 503]
     served = [r for r in replies if r.status_code == 200]
     assert len(shed) + len(served) == 6
     assert shed and served
+    # Shed before decoding: the queue is read from each file's header.
+    assert decodes(http) - before == len(served)
     assert all("--max-queued-audio-s" in r.json()["error"]["message"] for r in shed)
     assert all(r.headers["retry-after"] == "1" for r in shed)
     assert all(r.json()["usage"]["completion_tokens"] == 200 for r in served)

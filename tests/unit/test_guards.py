@@ -28,7 +28,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def call(
-    *requests: dict[str, Any], settings: GuardSettings = SETTINGS, lifecycle: Lifecycle | None = None
+    *requests: dict[str, Any],
+    settings: GuardSettings = SETTINGS,
+    lifecycle: Lifecycle | None = None,
 ) -> list[httpx.Response]:
     guard = GuardMiddleware(app, settings, lifecycle or Lifecycle())  # type: ignore[arg-type]
 

@@ -1,0 +1,53 @@
+"""The installed package: where it runs from, its data files, entry points and command.
+
+`make test` runs this against the development install (links to the source folders);
+`make test-wheel` runs it again against the built wheel (AUDIOTEXT_TEST_WHEEL=1).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import audiotext.benchmarks
+import audiotext.client
+import audiotext.server
+from audiotext.server import checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+WHEEL = os.environ.get("AUDIOTEXT_TEST_WHEEL") == "1"
+
+
+def test_the_code_that_runs_is_the_source_or_the_wheel() -> None:
+    for package, folder in (
+        (audiotext.server, "server"), (audiotext.client, "client"),
+        (audiotext.benchmarks, "benchmarks"),
+    ):  # fmt: skip
+        installed = Path(package.__file__ or "").parent
+        if WHEEL:
+            assert not installed.is_symlink() and not installed.resolve().is_relative_to(REPO)
+        else:
+            assert installed.resolve() == REPO / folder
+
+
+def test_package_data_is_installed() -> None:
+    assert checkpoint.CHAT_TEMPLATE.is_file()
+    assert (Path(audiotext.server.__file__ or "").parent / "tokenizer_corpus.txt").is_file()
+    for package in (audiotext.server, audiotext.client, audiotext.benchmarks):
+        assert (Path(package.__file__ or "").parent / "py.typed").is_file()
+
+
+def test_vllm_finds_and_loads_both_plugins() -> None:
+    general = {e.name: e for e in metadata.entry_points(group="vllm.general_plugins")}
+    endpoint = {e.name: e for e in metadata.entry_points(group="vllm.endpoint_plugins")}
+    assert callable(general["audiotext_model"].load())
+    assert endpoint["audiotext_routes"].load()().name == "audiotext_routes"
+
+
+def test_the_command_is_installed() -> None:
+    command = Path(sys.executable).parent / "audiotext"
+    done = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "serve" in done.stdout
