@@ -131,7 +131,7 @@ def test_too_long_audio_is_refused_with_the_limit(
     ("request_", "param"),
     [
         ({"audio": "@@@ not base64 @@@"}, "input_audio.data"),
-        ({"text": "no audio"}, "audio"),
+        ({"text": "no audio"}, "body"),
         ({"audio": "AAAA", "unknown": 1}, None),
         ({"audio": b64(b"0" * 3000), "parameters": {"n": 3}}, "parameters"),
     ],

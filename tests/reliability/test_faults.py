@@ -6,6 +6,8 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -20,9 +22,26 @@ from tests.e2e.test_lifecycle import group_gone
 from .test_load import engine_counts, request
 
 
-@pytest.fixture
-def own_server(tmp_path: Any) -> Any:
+def data_parallel(config: ServerConfig) -> ServerConfig:
+    """Two engines (one core each), hence two API server processes on one port."""
+    cores = sorted(os.sched_getaffinity(0))
+    half = len(cores) // 2
+    return replace(
+        config,
+        cpu_cores="|".join(",".join(map(str, c)) for c in (cores[:half], cores[half:])),
+        kv_cache_gib=1,
+        extra_args=("--data-parallel-size", "2", "--data-parallel-address", "127.0.0.1"),
+    )
+
+
+@pytest.fixture(params=["one API server", "data parallel"])
+def own_server(
+    request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> Any:
     config = ServerConfig(model="tiny", port=free_port(), enforce_eager=True, drain_timeout_s=60)
+    if request.param == "data parallel":
+        config = data_parallel(config)
+        monkeypatch.setenv("VLLM_HOST_IP", "127.0.0.1")  # engines talk over loopback only
     with running_server(config, tmp_path) as server:
         yield server
 
@@ -34,6 +53,12 @@ def base(server: ServerProcess) -> str:
 def test_sigterm_lets_in_flight_requests_finish_then_exits_0(own_server: ServerProcess) -> None:
     assert own_server.proc is not None
     http = httpx.Client(base_url=base(own_server), timeout=120)
+    # Every API server process answers (several when data parallel).
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        warm = list(
+            pool.map(lambda _: http.post("/v1/chat/completions", json=request(4)), range(8))
+        )
+    assert [r.status_code for r in warm] == [200] * 8
     results: list[httpx.Response] = []
     worker = threading.Thread(
         target=lambda: results.append(http.post("/v1/chat/completions", json=request(1500)))
