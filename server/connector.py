@@ -37,10 +37,7 @@ AUDIO_SUBTYPES = frozenset(
 
 @MEDIA_CONNECTOR_REGISTRY.register(NAME)
 class AudioTextMediaConnector(MediaConnector):
-    """vLLM's media connector with audiotext's fetch policy and audio intake for audio.
-
-    Images and video (not used by Qwen2-Audio) keep vLLM's behaviour.
-    """
+    """vLLM's media connector with audiotext's fetch policy, and its intake for audio."""
 
     def __init__(
         self,
@@ -65,11 +62,27 @@ class AudioTextMediaConnector(MediaConnector):
         return samples, intake.SAMPLE_RATE
 
     def fetch_audio(self, audio_url: str) -> tuple[np.ndarray, int]:
-        if audio_url.startswith(("http://", "https://")):
-            data = asyncio.run(_fetch_once(self.policy, audio_url))
-        else:
-            data = self._read_local_or_inline(audio_url)
+        data = self._read(audio_url)
         return intake.take(data, served_config().max_audio_seconds), intake.SAMPLE_RATE
+
+    # Images and video (Qwen2-Audio takes none) are fetched under the same policy.
+    def load_from_url(self, url: str, media_io: Any, *, fetch_timeout: int | None = None) -> Any:
+        if url[:5].lower() == "data:":
+            return super().load_from_url(url, media_io, fetch_timeout=fetch_timeout)
+        return media_io.load_bytes(self._read(url))
+
+    async def load_from_url_async(
+        self, url: str, media_io: Any, *, fetch_timeout: int | None = None
+    ) -> Any:
+        if url[:5].lower() == "data:":
+            return await super().load_from_url_async(url, media_io, fetch_timeout=fetch_timeout)
+        data = await self._read_async(url)
+        return await asyncio.to_thread(media_io.load_bytes, data)
+
+    def _read(self, url: str) -> bytes:
+        if url.startswith(("http://", "https://")):
+            return asyncio.run(_fetch_once(self.policy, url))
+        return self._read_local_or_inline(url)
 
     async def _read_async(self, url: str) -> bytes:
         if url.startswith(("http://", "https://")):
