@@ -22,6 +22,8 @@ from vllm.renderers.hf import HfRenderer
 
 from audiotext.server.errors import AudioRequestError, request_error
 
+# Content-part fields that carry media, never text of the prompt.
+MEDIA_PAYLOADS = frozenset({"input_audio", "audio_url", "image_url", "video_url"})
 # Token-id prompts may arrive under these request fields.
 TOKEN_PARAMETERS = ("kv_transfer_params.prompt_token_ids",)
 
@@ -116,12 +118,14 @@ def control_token_error(token: str, param: str) -> AudioRequestError:
 
 
 def _strings(value: Any) -> Iterable[str]:
-    """Every string inside a JSON-like value (messages, parts, tool calls, ...)."""
+    """Every string inside a JSON-like value (messages, parts, tool calls, ...) that can
+    reach the prompt: media payloads (base64 audio, URLs) never do, and are skipped."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _strings(item)
+        for key, item in value.items():
+            if key not in MEDIA_PAYLOADS:
+                yield from _strings(item)
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _strings(item)
