@@ -19,16 +19,25 @@ STAMP := $(VENV)/.installed-$(TARGET)
 # espeak-ng speaks the benchmark workloads (tests/e2e/test_bench.py runs them).
 SYSTEM_TOOLS ?= espeak-ng:espeak-ng
 
-.PHONY: install system-tools demo serve test test-unit test-wheel check format bench bench-tuning clean
+.PHONY: install unlink-source system-tools demo serve test test-unit test-wheel check format bench bench-tuning clean
 
 # Dependencies: only when pyproject.toml changes. The project itself: every time (a second),
 # in development mode: the installed packages are links to server/, client/ and
 # benchmarks/, so what runs (tests, the server, its vLLM plugins) is the source you edit.
 install: system-tools $(STAMP)
+	@$(MAKE) --no-print-directory unlink-source
 	$(BIN)/pip install --quiet --no-deps --force-reinstall .
 	@site=$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
 	for pkg in server client benchmarks; do \
 		rm -rf "$$site/audiotext/$$pkg" && ln -s "$(CURDIR)/$$pkg" "$$site/audiotext/$$pkg"; \
+	done
+
+# Removes the development links (only the links) before pip touches the installed package:
+# pip would otherwise reach through them and remove the source files it installed.
+unlink-source:
+	@site=$$($(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"); \
+	for pkg in server client benchmarks; do \
+		if [ -L "$$site/audiotext/$$pkg" ]; then rm "$$site/audiotext/$$pkg"; fi; \
 	done
 
 $(STAMP): pyproject.toml
@@ -95,6 +104,7 @@ test-unit: install
 # The built wheel, as users install it: package data, entry points, vLLM plugins, CLI.
 test-wheel: install
 	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+	@$(MAKE) --no-print-directory unlink-source
 	$(BIN)/pip install --quiet --no-deps --force-reinstall dist/*.whl
 	AUDIOTEXT_TEST_WHEEL=1 $(BIN)/pytest tests/unit/test_package.py $(PYTEST_ARGS)
 
