@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -99,12 +100,17 @@ def test_trimmed_features_of_a_mixed_list_give_stocks_embeddings(tiny: Any) -> N
 MIXED_SECONDS = (0.5, 30.0, 3.1, 12.0, 7.77, 0.5, 29.99, 1.0, 1.0, 1.0, 17.3, 2.37, 30.0, 5.0)
 
 
-def test_a_large_mixed_batch_of_trimmed_clips_matches_stock(tiny: Any) -> None:
+@pytest.mark.parametrize("pack_positions", [None, 1, 600, sys.maxsize])
+def test_a_large_mixed_batch_of_trimmed_clips_matches_stock(
+    tiny: Any, pack_positions: int | None
+) -> None:
+    """Packed by the CPU default, per clip, a few clips a pack, all in one forward."""
     processor, tower, projector = tiny
     clips = [speech_of(s) for s in MIXED_SECONDS]
     trimmed = [trimmed_features(processor.feature_extractor, clip) for clip in clips]
+    feats, masks = map(list, zip(*trimmed, strict=True))
     with torch.no_grad():
-        ours = encode_valid_frames(tower, projector, *map(list, zip(*trimmed, strict=True)))
+        ours = encode_valid_frames(tower, projector, feats, masks, pack_positions=pack_positions)
         stock = stock_embeddings(tower, projector, *features(processor, clips))
     assert [o.shape for o in ours] == [s.shape for s in stock]
     assert max((o - s).abs().max().item() for o, s in zip(ours, stock, strict=True)) < 1e-4
@@ -113,8 +119,9 @@ def test_a_large_mixed_batch_of_trimmed_clips_matches_stock(tiny: Any) -> None:
 def test_one_packed_forward_equals_each_clip_encoded_alone(tiny: Any) -> None:
     processor, tower, projector = tiny
     trimmed = [trimmed_features(processor.feature_extractor, speech_of(s)) for s in MIXED_SECONDS]
+    feats, masks = map(list, zip(*trimmed, strict=True))
     with torch.no_grad():
-        packed = encode_valid_frames(tower, projector, *map(list, zip(*trimmed, strict=True)))
+        packed = encode_valid_frames(tower, projector, feats, masks, pack_positions=sys.maxsize)
         alone = [encode_valid_frames(tower, projector, [f], [m])[0] for f, m in trimmed]
     assert max((p - a).abs().max().item() for p, a in zip(packed, alone, strict=True)) < 1e-4
 
@@ -130,7 +137,9 @@ def test_vllms_encoder_attention_in_the_packed_forward_matches_stock(tiny: Any) 
     clips = [speech_of(s) for s in (0.5, 30.0, 3.1, 12.0, 3.1)]
     feats, mask = features(processor, clips)
     with torch.no_grad():
-        ours = encode_valid_frames(tower, projector, feats, mask, attention=attention)
+        ours = encode_valid_frames(
+            tower, projector, feats, mask, attention=attention, pack_positions=sys.maxsize
+        )
         stock = stock_embeddings(tower, projector, feats, mask)
     assert max((o - s).abs().max().item() for o, s in zip(ours, stock, strict=True)) < 1e-4
 
