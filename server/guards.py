@@ -83,14 +83,32 @@ class GuardMiddleware:
             await _reply(send, 503, "the server is at capacity; retry shortly")
             return
         self.lifecycle.in_flight += 1
-        try:
-            audio = RequestAudio(self.settings.max_audio_seconds, self.audio_queue)
-            with request_scope(audio):
-                await self._serve(scope, receive, send, audio)
-        finally:
-            self.lifecycle.in_flight -= 1
+        audio = RequestAudio(self.settings.max_audio_seconds, self.audio_queue)
+        finished = False
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, audio: RequestAudio) -> None:
+        def finish() -> None:
+            # Once, before the response's last bytes leave: a client that sends its next
+            # request as soon as it has the answer finds this one's room free.
+            nonlocal finished
+            if not finished:
+                finished = True
+                audio.release()
+                self.lifecycle.in_flight -= 1
+
+        try:
+            with request_scope(audio):
+                await self._serve(scope, receive, send, audio, finish)
+        finally:
+            finish()
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        audio: RequestAudio,
+        finish: Callable[[], None],
+    ) -> None:
         started = False
 
         async def tracked_send(message: Message) -> None:
@@ -98,6 +116,8 @@ class GuardMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 message = _with_headers(message, audio)
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finish()
             await send(message)
 
         try:

@@ -67,25 +67,48 @@ class AudioTextRoutes:
         app.add_middleware(GuardMiddleware, settings=settings, lifecycle=lifecycle.PROCESS)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
-        from vllm import envs
-
         from audiotext.server.renderer import GuardedHfRenderer
 
-        # Fail at start, not silently, if vLLM stopped using what the guarantees rest on.
-        renderer = engine_client.renderer
-        if not isinstance(renderer, GuardedHfRenderer):
-            raise RuntimeError(
-                f"vLLM uses {type(renderer).__name__}, not audiotext's renderer: control "
-                "tokens would not be refused"
-            )
-        if envs.VLLM_MEDIA_CONNECTOR != MEDIA_CONNECTOR:
-            raise RuntimeError(
-                f"vLLM's media connector is {envs.VLLM_MEDIA_CONNECTOR!r}, not audiotext's: "
-                "audio would not be guarded"
-            )
+        check_vllm_wiring(engine_client)
+        renderer: GuardedHfRenderer = engine_client.renderer
         renderer.guard_user_text = True
         drain_s = served_config().drain_timeout_s
         renderer.on_shutdown.append(lambda: lifecycle.PROCESS.drain(drain_s))
         state.audiotext_engine_watch = asyncio.get_running_loop().create_task(
             lifecycle.PROCESS.watch_engine(engine_client)
         )
+
+
+def check_vllm_wiring(engine_client: Any) -> None:
+    """Fail at start, not silently later, if vLLM stopped providing what audiotext's
+    guarantees, draining and engine-death detection rest on (a rename, a new default)."""
+    from vllm import envs
+    from vllm.renderers.hf import HfRenderer
+
+    from audiotext.server.renderer import GuardedHfRenderer
+
+    if engine_client is None:
+        raise RuntimeError("audiotext's routes need vLLM's engine; this server has none")
+    renderer = getattr(engine_client, "renderer", None)
+    if not isinstance(renderer, GuardedHfRenderer):
+        raise RuntimeError(
+            f"vLLM uses {type(renderer).__name__}, not audiotext's renderer: control "
+            "tokens would not be refused"
+        )
+    if envs.VLLM_MEDIA_CONNECTOR != MEDIA_CONNECTOR:
+        raise RuntimeError(
+            f"vLLM's media connector is {envs.VLLM_MEDIA_CONNECTOR!r}, not audiotext's: "
+            "audio would not be guarded"
+        )
+    # Draining runs when vLLM shuts the renderer down; engine death is read from `errored`.
+    if not callable(getattr(HfRenderer, "shutdown", None)):
+        raise RuntimeError("vLLM's renderer has no shutdown(): draining would never start")
+    try:
+        errored = engine_client.errored
+    except AttributeError as e:
+        raise RuntimeError(
+            f"vLLM's engine client has no public `errored` ({e}): a dead engine would not "
+            "be noticed and the server would exit 0"
+        ) from e
+    if not isinstance(errored, bool):
+        raise RuntimeError(f"vLLM's EngineClient.errored is {type(errored).__name__}, not bool")

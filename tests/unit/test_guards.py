@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from audiotext.server import intake
 from audiotext.server.guards import GuardMiddleware, GuardSettings
 from audiotext.server.lifecycle import Lifecycle
 
@@ -106,3 +107,34 @@ def test_drain_waits_for_requests_in_flight() -> None:
     lifecycle.in_flight = 1
     lifecycle.drain(timeout_s=0.2)  # gives up at the timeout
     assert time.monotonic() - started < 1
+
+
+def test_a_request_frees_its_room_before_its_last_byte_is_sent() -> None:
+    """A client that sends its next request on receipt of the answer must find room, even
+    though the answered request's task has not returned yet."""
+    lifecycle = Lifecycle()
+    settings = GuardSettings(api_key=None, max_body_bytes=100, max_in_flight=1, deadline_s=5,
+                             max_queued_audio_s=20)  # fmt: skip
+    seen: list[tuple[int, float]] = []
+
+    async def holds_audio(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        current = intake.CURRENT.get()
+        assert current is not None
+        current.admit(15)  # what the media connector does for a 15 s clip
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        await asyncio.sleep(0.1)  # the task's tail, after the client has its answer
+
+    guard = GuardMiddleware(holds_audio, settings, lifecycle)  # type: ignore[arg-type]
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            seen.append((lifecycle.in_flight, guard.audio_queue.seconds))
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "path": "/x", "method": "POST", "headers": []}
+    asyncio.run(guard(scope, receive, send))  # type: ignore[arg-type]
+    assert seen == [(0, 0.0)]
+    assert lifecycle.in_flight == 0 and guard.audio_queue.seconds == 0.0

@@ -23,13 +23,23 @@ from tests.conftest import SAMPLE_RATE, b64, speech_of, wav_bytes
 def test_windows_cover_everything_and_fit_the_encoder(seconds: float) -> None:
     audio = speech_of(seconds)
     windows = split_windows(audio)
-    # Cuts fall in the last second before each 30 s boundary.
-    assert np.ceil(seconds / 30) <= len(windows) <= np.ceil(seconds / 29)
+    assert len(windows) == np.ceil(seconds / 30)  # the fewest windows: 60 s is two
     assert all(len(w) <= 30 * SAMPLE_RATE for w in windows)
     assert all(audio_token_count(len(w)) >= 1 for w in windows)
     joined = np.concatenate(windows)
     assert np.array_equal(joined[: len(audio)], audio)  # in order, nothing dropped
     assert not joined[len(audio) :].any()  # at most a little silence padding at the end
+
+
+def test_cuts_fall_on_quiet_points_where_the_rest_still_fits() -> None:
+    audio = speech_of(50) + 0.01  # nowhere silent
+    audio[int(29.3 * SAMPLE_RATE) : int(29.5 * SAMPLE_RATE)] = 0.0
+    first, _ = split_windows(audio)
+    assert 29.3 <= len(first) / SAMPLE_RATE < 29.5  # on the pause, not at 30 s
+    # 60 s in two windows leaves no room to move the cut: it is at 30 s.
+    audio = speech_of(60)
+    audio[int(29.3 * SAMPLE_RATE) : int(29.5 * SAMPLE_RATE)] = 0.0
+    assert [len(w) for w in split_windows(audio)] == [30 * SAMPLE_RATE] * 2
 
 
 def test_short_audio_reaches_the_model_as_the_same_16khz_signal() -> None:
