@@ -36,7 +36,8 @@ def test_public_surface_is_pinned() -> None:
         "DEFAULT_BASE_URL", "SAMPLE_RATE", "APIConnectionError", "APIError", "APIStatusError",
         "AsyncAudioTextClient", "AudioSource", "AudioTextClient", "AudioTextError",
         "AuthenticationError", "BadRequestError", "BatchResult", "Generation", "InvalidAudioError",
-        "InvalidRequestError", "OverloadedError", "ServerError", "audio_token_count", "load_audio",
+        "InvalidRequestError", "OverloadedError", "Segment", "ServerError", "Transcription",
+        "audio_token_count", "load_audio",
     ]  # fmt: skip
 
 
@@ -54,7 +55,8 @@ def test_sync_and_async_twins_have_the_same_signatures() -> None:
     for name, signature in sync.items():
         other = asyn[name]
         assert list(signature.parameters.values()) == list(other.parameters.values()), name
-    for name in ("generate", "generate_result", "chat", "generate_batch", "close"):
+    for name in ("generate", "generate_result", "chat", "generate_batch", "transcribe",
+                 "translate", "close"):  # fmt: skip
         assert inspect.iscoroutinefunction(getattr(AsyncAudioTextClient, name))
     assert inspect.isasyncgenfunction(AsyncAudioTextClient.stream)
     assert inspect.isgeneratorfunction(AudioTextClient.stream)
