@@ -348,6 +348,7 @@ class AudioTextClient(_BaseClient):
     def _speech(self, route: str, upload: _Upload) -> Transcription | str:
         file, fields = upload
         resource = getattr(self.openai.audio, route)
+        fields = _form_fields(route, fields)
         try:
             raw = resource.with_raw_response.create(model=self._model(), file=file, **fields)
         except openai.OpenAIError as e:
@@ -498,6 +499,7 @@ class AsyncAudioTextClient(_BaseClient):
     async def _speech(self, route: str, upload: _Upload) -> Transcription | str:
         file, fields = upload
         resource = getattr(self.openai.audio, route)
+        fields = _form_fields(route, fields)
         try:
             raw = await resource.with_raw_response.create(
                 model=await self._model(), file=file, **fields
@@ -505,6 +507,14 @@ class AsyncAudioTextClient(_BaseClient):
         except openai.OpenAIError as e:
             raise self._error(e) from e
         return _speech_result(fields["response_format"], raw.http_response.text)
+
+
+def _form_fields(route: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI SDK's translation call has no `language`; audiotext's route takes it."""
+    if route == "translations" and "language" in fields:
+        fields = dict(fields)
+        fields["extra_body"] = {"language": fields.pop("language")}
+    return fields
 
 
 def _speech_result(response_format: str, body: str) -> Transcription | str:

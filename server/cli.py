@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,13 +134,17 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
             shown = {"env": invocation.redacted_env(), "argv": invocation.redacted_argv()}
             print(json.dumps(shown, indent=2))
             return 0
-        from audiotext.server.launcher import LaunchError, serve
+        from audiotext.server.launcher import LaunchError, check_model, serve
+        from audiotext.server.supervisor import CHILD_ENV, Supervisor
 
         try:
-            serve(config)
+            if os.environ.get(CHILD_ENV):
+                serve(config)
+                return 0
+            check_model(config)
         except LaunchError as e:
             raise UsageError(str(e)) from e
-        return 0
+        return Supervisor(config).run()
     if args.command == "model":
         out = args.out or checkpoint.builtin_path(args.size, args.seed)
         print(checkpoint.build(args.size, out, seed=args.seed))

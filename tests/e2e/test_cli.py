@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import soundfile
 
 from audiotext.client import AudioTextClient
-from audiotext.server.launcher import ServerProcess
+from audiotext.server.launcher import ServerProcess, free_port
 from tests.conftest import DATA
 
 SHORT = DATA / "speech_short.flac"
@@ -31,15 +33,17 @@ CLI = [sys.executable, "-m", "audiotext.server.cli"]
 def audiotext(
     *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """The real command, as a shell runs it; stdin is given as bytes (audio)."""
     result = subprocess.run(
         [*CLI, *args],
-        input=stdin.decode("latin-1") if stdin is not None else None,
+        input=stdin,
         capture_output=True,
-        text=True,
         timeout=300,
         env={**os.environ, **(env or {})},
     )
-    return result
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+    )
 
 
 def at(server: ServerProcess, *args: str) -> list[str]:
@@ -153,3 +157,102 @@ def test_batch_refuses_to_overwrite_results_and_resume_needs_an_output(
     assert "--resume" in refused.stderr and "--overwrite" in refused.stderr
     assert "kept" in out.read_text()
     assert audiotext(*at(server, "ask", "--batch", str(DATA), "--resume")).returncode == 2
+
+
+def test_a_line_with_parameters_at_the_top_level_says_where_they_go(tmp_path: Path) -> None:
+    batch = tmp_path / "batch.jsonl"
+    write_jsonl(batch, [{"audio": str(SHORT)}, {"audio": str(SHORT), "max_new_tokens": 4}])
+    result = audiotext("ask", "--batch", str(batch), "--base-url", "http://127.0.0.1:9/v1")
+    assert result.returncode == 1
+    assert f"{batch}:2: unknown request key: max_new_tokens" in result.stderr
+    assert '"parameters"' in result.stderr
+
+
+def test_ask_reads_stdin_and_takes_the_openai_sampling_flags(server: ServerProcess) -> None:
+    flags = ["--max-tokens", "6", "--temperature", "0", "--top-p", "0.9", "--seed", "7"]
+    flags += ["--stop", "zzz", "--timeout", "60"]
+    from_file = audiotext(*at(server, "ask", str(SHORT), "Who?", *flags))
+    from_stdin = audiotext(*at(server, "ask", "-", "Who?", *flags), stdin=SHORT.read_bytes())
+    assert from_file.returncode == 0 and from_stdin.returncode == 0, from_stdin.stderr
+    with AudioTextClient(base_url=server.base_url) as sdk:
+        expected = sdk.generate(
+            {"audio": str(SHORT), "text": "Who?"},
+            max_tokens=6, temperature=0, top_p=0.9, seed=7, stop=["zzz"],
+        )["generated_text"]  # fmt: skip
+    assert from_file.stdout == from_stdin.stdout == expected + "\n"
+
+
+def test_no_normalize_json_reports_the_seconds_the_server_heard(server: ServerProcess) -> None:
+    result = audiotext(
+        *at(server, "ask", str(SHORT), "--no-normalize", "--json", "--max-tokens", "2")
+    )
+    assert result.returncode == 0, result.stderr
+    info = soundfile.info(SHORT)
+    assert json.loads(result.stdout)["audio_seconds"] == pytest.approx(info.duration, abs=1e-3)
+
+
+def test_ask_honours_the_servers_host_and_port_variables(server: ServerProcess) -> None:
+    port = server.base_url.rsplit(":", 1)[1].removesuffix("/v1")
+    env = {"AUDIOTEXT_HOST": "127.0.0.1", "AUDIOTEXT_PORT": port, "AUDIOTEXT_BASE_URL": ""}
+    result = audiotext("ask", str(SHORT), "--max-tokens", "2", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+def test_errors_say_what_to_do(server: ServerProcess, tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    refused = audiotext("ask", str(SHORT), "--base-url", closed)
+    assert refused.returncode == 1
+    assert f"cannot reach the server at {closed} (connection refused)" in refused.stderr
+    assert "--base-url" in refused.stderr and "AUDIOTEXT_BASE_URL" in refused.stderr
+
+    folder = audiotext(*at(server, "ask", str(DATA), "What?"))
+    assert folder.returncode == 2 and f"--batch {DATA}" in folder.stderr
+
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not audio at all\n")
+    not_audio = audiotext(*at(server, "ask", str(text_file)))
+    assert not_audio.returncode == 1
+    assert f"{text_file}: could not decode: not audio" in not_audio.stderr
+    assert "Errno" not in not_audio.stderr
+
+    bad_flag = audiotext(*at(server, "ask", str(SHORT), "--no-such-flag"))
+    assert bad_flag.returncode == 2
+    assert bad_flag.stderr.startswith("usage: audiotext ask")
+    assert "unrecognized arguments: --no-such-flag" in bad_flag.stderr
+
+    bad_value = audiotext(*at(server, "ask", str(SHORT), "--max-new-tokens", "0"))
+    assert bad_value.returncode == 2
+    assert "argument --max-new-tokens/--max-tokens: must be >= 1, not 0" in bad_value.stderr
+
+    help_text = " ".join(audiotext("ask", "--help").stdout.split())
+    assert "Visible to other users of this machine in `ps`" in help_text
+    key_file = tmp_path / "key"
+    key_file.write_text("EMPTY\n")
+    keyed = audiotext(
+        *at(server, "ask", str(SHORT), "--api-key-file", str(key_file), "--max-tokens", "2")
+    )
+    assert keyed.returncode == 0, keyed.stderr
+
+
+def test_models_and_health(server: ServerProcess) -> None:
+    models = audiotext(*at(server, "models"))
+    assert (models.returncode, models.stdout) == (0, "tiny\n")
+    assert json.loads(audiotext(*at(server, "models", "--json")).stdout)[0]["id"] == "tiny"
+    health = audiotext(*at(server, "health"))
+    assert health.returncode == 0 and health.stdout.startswith("ok: ")
+    down = audiotext("health", "--base-url", f"http://127.0.0.1:{free_port()}/v1")
+    assert down.returncode == 1 and "connection refused" in down.stderr
+
+
+def test_transcribe_command_prints_each_format(server: ServerProcess) -> None:
+    with AudioTextClient(base_url=server.base_url) as sdk:
+        expected = sdk.transcribe(str(SHORT), response_format="verbose_json")
+    assert not isinstance(expected, str)
+    as_text = audiotext(*at(server, "transcribe", str(SHORT)))
+    assert as_text.returncode == 0, as_text.stderr
+    assert as_text.stdout == expected.text + "\n"
+    srt = audiotext(*at(server, "transcribe", "-", "--format", "srt"), stdin=SHORT.read_bytes())
+    [segment] = expected.segments
+    assert srt.stdout.startswith(f"1\n00:00:00,000 --> 00:00:0{segment.end:.3f}".replace(".", ","))
+    assert segment.text in srt.stdout
