@@ -3,13 +3,14 @@
     from audiotext.client import AudioTextClient
     client = AudioTextClient(base_url="http://localhost:8000/v1")
     client.generate({"audio": "meeting.mp3", "text": "Summarize this in one sentence."})
+    client.transcribe("meeting.mp3", response_format="verbose_json").segments
 
 Light: it needs the OpenAI SDK and audio decoders, not vLLM or torch.
 """
 
 from audiotext.client._client import AsyncAudioTextClient, AudioTextClient, BatchResult
 from audiotext.client._constants import DEFAULT_BASE_URL, SAMPLE_RATE
-from audiotext.client._core import Generation
+from audiotext.client._core import Generation, Segment, Transcription
 from audiotext.client._exceptions import (
     APIConnectionError,
     APIError,
@@ -41,7 +42,9 @@ __all__ = [
     "InvalidAudioError",
     "InvalidRequestError",
     "OverloadedError",
+    "Segment",
     "ServerError",
+    "Transcription",
     "audio_token_count",
     "load_audio",
 ]

@@ -1,4 +1,5 @@
-"""The `audiotext` command: `serve`, `model`, `ask`, `demo`, `bench`.
+"""The `audiotext` command: `serve`, `model`, `demo`, `bench`, and the client commands
+`ask`, `transcribe`, `translate`, `models`, `health`.
 
 Heavy modules (vLLM, torch, transformers) are imported inside the commands, so `--help`
 and `serve --dry-run` answer at once.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,14 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--seed", type=int, default=0)
     score.add_argument("--concurrency", type=int, default=8)
 
-    from audiotext.client._cli import add_cli_args as add_ask_args
+    from audiotext.client import _cli as client_cli
 
-    ask = commands.add_parser(
-        "ask",
-        help="ask a running server about audio",
-        description="Send audio and an optional instruction to a running server; print the answer.",
-    )
-    add_ask_args(ask)
+    client_commands = {
+        "ask": (
+            client_cli.add_ask_args,
+            "ask a running server about audio",
+            "Send audio and an optional instruction to a running server; print the answer. "
+            "With --batch, many at once, written as they complete.",
+        ),
+        "transcribe": (
+            client_cli.add_transcribe_args,
+            "transcribe speech with a running server",
+            "The speech in an audio file, word for word (/v1/audio/transcriptions); "
+            "verbose_json, srt and vtt carry timed segments.",
+        ),
+        "translate": (
+            client_cli.add_transcribe_args,
+            "translate speech into English with a running server",
+            "The speech in an audio file, in English (/v1/audio/translations).",
+        ),
+        "models": (client_cli.add_models_args, "list a server's models", None),
+        "health": (client_cli.add_health_args, "check that a server is up (exit 0 if so)", None),
+    }
+    for name, (add_args, help_text, description) in client_commands.items():
+        sub = commands.add_parser(name, help=help_text, description=description or help_text)
+        add_args(sub)
 
     demo = commands.add_parser(
         "demo", help="start a server on the listening checkpoint, ask one question, stop"
@@ -113,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare audiotext with stock vLLM, transformers and the raw loop "
         "(bench --help for options)",
     )
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -142,7 +164,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         argv, passthrough = argv[:cut], argv[cut + 1 :]
     args, unknown = parser.parse_known_args(argv)
     if args.command not in ("serve", "bench") and (unknown or passthrough):
-        parser.error(f"unrecognized arguments: {' '.join(unknown + passthrough)}")
+        # The command's own usage, not the top level's: that is the one to read.
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown + passthrough)}")
     return args, unknown + passthrough
 
 
@@ -154,24 +177,23 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
             shown = {"env": invocation.redacted_env(), "argv": invocation.redacted_argv()}
             print(json.dumps(shown, indent=2))
             return 0
-        from audiotext.server.launcher import LaunchError, serve
+        from audiotext.server.launcher import LaunchError, check_model, serve
+        from audiotext.server.supervisor import CHILD_ENV, Supervisor
 
         try:
-            serve(config)
+            if os.environ.get(CHILD_ENV):
+                serve(config)
+                return 0
+            check_model(config)
         except LaunchError as e:
             raise UsageError(str(e)) from e
-        return 0
+        return Supervisor(config).run()
     if args.command == "model":
         return _model(args)
-    if args.command == "ask":
-        from audiotext.client import AudioTextError
-        from audiotext.client._cli import main as ask_main
+    if args.command in ("ask", "transcribe", "translate", "models", "health"):
+        from audiotext.client._cli import run
 
-        try:
-            return ask_main(args)
-        except AudioTextError as e:
-            print(f"audiotext ask: error: {e}", file=sys.stderr)
-            return 1
+        return run(args.command, args)
     if args.command == "demo":
         from audiotext.server.demo import run_demo
 

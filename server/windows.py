@@ -49,3 +49,14 @@ def split_windows(samples: Samples) -> list[Samples]:
 def window_count(samples: Samples) -> int:
     """How many windows the model hears `samples` in."""
     return len(split_windows(samples))
+
+
+def timed_windows(samples: Samples) -> list[tuple[float, float, Samples]]:
+    """`split_windows`, with each window's start and end in the clip, in seconds."""
+    windows, start, total = split_windows(samples), 0, len(samples)
+    timed = []
+    for window in windows:
+        end = min(start + len(window), total)
+        timed.append((start / SAMPLE_RATE, end / SAMPLE_RATE, window))
+        start = end
+    return timed

@@ -109,6 +109,23 @@ class DecodeLog:
         return self.processes()[mark:]
 
 
+def process_tree(pid: int) -> list[Any]:
+    """A process and all its descendants, as psutil processes (collect before signalling:
+    a child whose parent exits first is no longer found through it)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def left_alive(processes: list[Any], within: float = 10.0) -> list[Any]:
+    """The processes still running after `within` seconds (zombies count as gone)."""
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=within)
+    return [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
 @contextlib.contextmanager
 def running_server(config: Any, log_dir: Path, decodes: DecodeLog | None = None) -> Iterator[Any]:
     """A real `audiotext serve` child for `config`; its log is printed if it fails to start.

@@ -30,13 +30,17 @@ def request_examples(language: str) -> list[str]:
 
 
 def run(argv: list[str]) -> str:
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return completed(argv).stdout
+
+
+def completed(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (argv, result.stderr)
-    return result.stdout
+    return result
 
 
 def test_python_examples(server: ServerProcess) -> None:
-    sdk, batch, openai_sdk = request_examples("python")
+    sdk, batch, timed, openai_sdk = request_examples("python")
     for example in (sdk, openai_sdk):
         out = run([sys.executable, "-c", aimed_at(example, server)])
         assert out.startswith("{'generated_text': '")
@@ -44,16 +48,47 @@ def test_python_examples(server: ServerProcess) -> None:
     lines = run([sys.executable, "-c", aimed_at(batch, server)]).splitlines()
     assert len(lines) == 4
     assert all(line.startswith("{'generated_text': '") for line in lines)
+    segment, srt = run([sys.executable, "-c", aimed_at(timed, server)]).split("\n", 1)
+    assert re.match(r"^  0\.00- 2\d\.\d\d ", segment)  # the 25 s clip: one window
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:06,")
 
 
-def test_audiotext_ask_examples(server: ServerProcess, tmp_path: Path) -> None:
-    block = next(b for b in code_blocks("bash") if "audiotext ask" in b)
-    for line in block.strip().splitlines():
-        argv = shlex.split(line.replace("results.jsonl", str(tmp_path / "results.jsonl")))
-        assert argv[0] == ".venv/bin/audiotext"
-        cli = [sys.executable, "-m", "audiotext.server.cli", *argv[1:]]
-        out = run([*cli, "--base-url", server.base_url, "--max-new-tokens", "8"])
-        assert out.strip() or (tmp_path / "results.jsonl").read_text().strip()
+CLIENT_COMMANDS = ("ask", "transcribe", "translate", "models", "health")
+
+
+def shell_examples() -> list[str]:
+    """The lines of the README's blocks of client commands (`.venv/bin/audiotext ask ...`)."""
+    return [
+        line
+        for block in code_blocks("bash")
+        if all(
+            line.startswith(".venv/bin/audiotext ") and line.split()[1] in CLIENT_COMMANDS
+            for line in block.strip().splitlines()
+        )
+        for line in block.strip().splitlines()
+    ]
+
+
+def test_client_command_examples(server: ServerProcess, tmp_path: Path) -> None:
+    lines = shell_examples()
+    assert {line.split()[1] for line in lines} == set(CLIENT_COMMANDS)
+    results = tmp_path / "results.jsonl"
+    cli = f"{shlex.quote(sys.executable)} -m audiotext.server.cli"
+    for line in lines:
+        command = line.replace(".venv/bin/audiotext", cli).replace("results.jsonl", str(results))
+        command += f" --base-url {server.base_url}"
+        if line.split()[1] == "ask":
+            command += " --max-new-tokens 8"  # short answers: the examples' shape is the point
+        result = completed(["bash", "-c", command])
+        assert result.stdout.strip() or results.read_text().strip(), line
+        if "--resume" in line:
+            assert "resuming: " in result.stderr
+        if " models" in line:
+            assert result.stdout == "tiny\n"
+        if " health" in line:
+            assert result.stdout.startswith("ok: ")
+        if "--format srt" in line:
+            assert result.stdout.startswith("1\n00:00:00,000 --> 00:00:06,")
 
 
 def test_curl_examples(server: ServerProcess) -> None:

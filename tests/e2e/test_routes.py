@@ -187,12 +187,52 @@ def test_openai_sdk_transcribes_and_translates(client: openai.OpenAI) -> None:
     assert translation.text
 
 
+def test_timed_formats_give_one_segment_per_window(client: openai.OpenAI) -> None:
+    speech = speech_of(45)
+    file = ("long.wav", wav_bytes(speech), "audio/wav")
+    verbose = client.audio.transcriptions.with_raw_response.create(
+        model="tiny", file=file, response_format="verbose_json", language="en"
+    )
+    assert verbose.headers["x-audio-windows"] == "2"
+    body = json.loads(verbose.http_response.text)
+    segments = body["segments"]
+    assert body["duration"] == 45.0 and body["language"] == "en"
+    assert [s["id"] for s in segments] == [0, 1]
+    # The windows tile the clip: the first cut is at a quiet point in its last second.
+    assert segments[0]["start"] == 0.0 and 29.0 <= segments[0]["end"] <= 30.0
+    assert segments[1]["start"] == segments[0]["end"] and segments[1]["end"] == 45.0
+    assert body["text"] == " ".join(s["text"] for s in segments if s["text"])
+    # Each segment is what the model says of its window alone.
+    for segment in segments:
+        window = speech[round(segment["start"] * 16000) : round(segment["end"] * 16000)]
+        alone = client.audio.transcriptions.create(
+            model="tiny", file=("w.wav", wav_bytes(window), "audio/wav"), language="en"
+        )
+        assert segment["text"] == alone.text
+        assert segment["tokens"] and segment["avg_logprob"] < 0
+    srt = client.audio.transcriptions.create(model="tiny", file=file, response_format="srt")
+    cues = re.findall(r"(\d+)\n(\S+) --> (\S+)\n(.*)\n\n", str(srt))
+    assert [c[1:] for c in cues] == [
+        (clock(s["start"], ","), clock(s["end"], ","), s["text"]) for s in segments if s["text"]
+    ]
+    vtt = client.audio.translations.create(model="tiny", file=file, response_format="vtt")
+    assert str(vtt).startswith("WEBVTT\n\n")
+    assert re.findall(r"^(\S+) --> (\S+)$", str(vtt), re.M) == [
+        (clock(s["start"], "."), clock(s["end"], ".")) for s in segments
+    ]
+
+
+def clock(seconds: float, separator: str) -> str:
+    whole = int(seconds)
+    return f"00:{whole // 60:02d}:{whole % 60:02d}{separator}{round(seconds % 1 * 1000):03d}"
+
+
 def test_transcription_rejects_unsupported_format_and_bad_audio(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="json or text"):
+    with pytest.raises(openai.BadRequestError, match="json, text, verbose_json, srt, vtt"):
         client.audio.transcriptions.create(
             model="tiny",
             file=("c.wav", wav_bytes(load_clip("1s")), "audio/wav"),
-            response_format="srt",
+            response_format="tsv",  # type: ignore[arg-type]
         )
     with pytest.raises(openai.BadRequestError, match="decode"):
         client.audio.transcriptions.create(

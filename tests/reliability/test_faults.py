@@ -16,8 +16,7 @@ import pytest
 
 from audiotext.server.config import ServerConfig
 from audiotext.server.launcher import ServerProcess, free_port
-from tests.conftest import running_server
-from tests.e2e.test_lifecycle import group_gone
+from tests.conftest import left_alive, process_tree, running_server
 
 from .test_load import engine_counts, request
 
@@ -67,6 +66,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(own_server: ServerP
     deadline = time.monotonic() + 30
     while engine_counts(http)[0] < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
+    processes = process_tree(own_server.proc.pid)
     os.kill(own_server.proc.pid, signal.SIGTERM)
     time.sleep(0.5)
     # Draining: not ready, and new work is refused with a retry hint, not a 500.
@@ -79,7 +79,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(own_server: ServerP
     assert results and results[0].status_code == 200, results
     assert results[0].json()["usage"]["completion_tokens"] == 1500
     assert own_server.proc.wait(timeout=60) == 0
-    assert group_gone(own_server.proc.pid)
+    assert left_alive(processes) == []
 
 
 def test_dead_engine_fails_health_and_exits_non_zero(own_server: ServerProcess) -> None:
