@@ -13,6 +13,7 @@ import psutil
 
 from audiotext.server.launcher import ServerProcess
 from tests.conftest import b64, load_clip, speech_of, wav_bytes
+from tests.metrics import scrape
 
 from .conftest import API_KEY, MAX_IN_FLIGHT, REPORT
 
@@ -55,6 +56,7 @@ def test_overload_sheds_with_503_and_loses_no_accepted_request(http: httpx.Clien
     def one(_: int) -> httpx.Response:
         return http.post("/v1/chat/completions", json=request(64))
 
+    before = scrape(http)
     with ThreadPoolExecutor(max_workers=5 * MAX_IN_FLIGHT) as pool:
         replies = list(pool.map(one, range(5 * MAX_IN_FLIGHT)))
     statuses = [r.status_code for r in replies]
@@ -62,6 +64,7 @@ def test_overload_sheds_with_503_and_loses_no_accepted_request(http: httpx.Clien
     shed = [r for r in replies if r.status_code == 503]
     served = [r for r in replies if r.status_code == 200]
     assert shed and served
+    assert (scrape(http) - before).refused() == {"overload": len(shed)}
     assert all(r.headers["retry-after"] == "1" for r in shed)
     assert all(r.json()["usage"]["completion_tokens"] == 64 for r in served)
     REPORT.append(
@@ -81,12 +84,14 @@ def test_queued_audio_seconds_are_bounded_too(http: httpx.Client) -> None:
     body["messages"][0]["content"][0]["input_audio"]["data"] = long_audio
 
     before = decodes(http)
+    counted = scrape(http)
     with ThreadPoolExecutor(max_workers=6) as pool:
         replies = list(pool.map(lambda _: http.post("/v1/chat/completions", json=body), range(6)))
     shed = [r for r in replies if r.status_code == 503]
     served = [r for r in replies if r.status_code == 200]
     assert len(shed) + len(served) == 6
     assert shed and served
+    assert (scrape(http) - counted).refused() == {"overload": len(shed)}
     # Shed before decoding: the queue is read from each file's header.
     assert decodes(http) - before == len(served)
     assert all("--max-queued-audio-s" in r.json()["error"]["message"] for r in shed)
