@@ -31,6 +31,8 @@ CONFIG_ENV = "AUDIOTEXT_SERVER_CONFIG"
 PLUGINS = ("audiotext_model", "audiotext_routes")
 # audiotext's media connector (`connector.py`), chosen through VLLM_MEDIA_CONNECTOR.
 MEDIA_CONNECTOR = "audiotext"
+# Variables vLLM copies to Ray workers besides its own (VLLM_*, HF_*, ...), comma-separated.
+RAY_COPY_ENV = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
 
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -213,8 +215,11 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
     env["VLLM_PLUGINS"] = "" if config.stock else ",".join(PLUGINS)
     if not config.stock:
         env["VLLM_MEDIA_CONNECTOR"] = MEDIA_CONNECTOR
-        # The plugins, inside vLLM's processes, read the configuration back from here.
+        # The plugins, inside vLLM's processes, read the configuration back from here;
+        # Ray workers on other nodes get it only if vLLM is told to copy it.
         env[CONFIG_ENV] = to_json(config)
+        copied = [v for v in os.environ.get(RAY_COPY_ENV, "").split(",") if v.strip()]
+        env[RAY_COPY_ENV] = ",".join(dict.fromkeys([*copied, CONFIG_ENV]))
     return VllmInvocation(argv=tuple(argv), env=env)
 
 

@@ -12,6 +12,7 @@
 - Each request gets its `intake.RequestAudio`: the media connector admits and counts its
   audio there, and the response carries what was heard (`X-Audio-Seconds`,
   `X-Audio-Windows`) on every route.
+- Every refusal here counts on `/metrics` by its reason (`metrics.refused`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from audiotext.server import metrics
 from audiotext.server.errors import error_bytes, error_headers
 from audiotext.server.intake import AudioQueue, RequestAudio, request_scope
 from audiotext.server.lifecycle import Lifecycle
@@ -66,6 +68,8 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         if self.lifecycle.draining.is_set() and scope["path"] != "/metrics":
+            if scope["path"] not in OPEN_PATHS:  # probes are not refused requests
+                metrics.refused("draining")
             await _reply(send, 503, "the server is shutting down; retry on another instance")
             return
         if scope["path"] in OPEN_PATHS:
@@ -73,17 +77,20 @@ class GuardMiddleware:
             return
         headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
         if self.settings.api_key and not self._authorized(headers.get("authorization", b"")):
+            metrics.refused("unauthorized")
             await _reply(send, 401, "missing or wrong API key (Authorization: Bearer <key>)")
             return
         length = headers.get("content-length", b"")
         if length.isdigit() and int(length) > self.settings.max_body_bytes:
+            metrics.refused("too_large")
             await _reply(send, 413, self._too_large())
             return
         if self.lifecycle.in_flight >= self.settings.max_in_flight:
+            metrics.refused("overload")
             await _reply(send, 503, "the server is at capacity; retry shortly")
             return
         self.lifecycle.in_flight += 1
-        audio = RequestAudio(self.settings.max_audio_seconds, self.audio_queue)
+        audio = RequestAudio(self.settings.max_audio_seconds, self.audio_queue, route=scope["path"])
         finished = False
 
         def finish() -> None:
@@ -115,6 +122,7 @@ class GuardMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                audio.status = message["status"]
                 message = _with_headers(message, audio)
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 finish()
@@ -125,9 +133,12 @@ class GuardMiddleware:
                 self.app(scope, self._capped(receive), tracked_send), self.settings.deadline_s
             )
         except _BodyTooLarge:
+            metrics.refused("too_large")
             if not started:
                 await _reply(send, 413, self._too_large())
         except TimeoutError:
+            metrics.refused("deadline")
+            audio.status = None  # aborted: not an answer, even if it had begun
             if not started:
                 await _reply(
                     send, 504, f"request exceeded its {self.settings.deadline_s:g} s deadline"

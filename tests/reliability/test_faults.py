@@ -17,6 +17,7 @@ import pytest
 from audiotext.server.config import ServerConfig
 from audiotext.server.launcher import ServerProcess, free_port
 from tests.conftest import left_alive, process_tree, running_server
+from tests.metrics import parse
 
 from .test_load import engine_counts, request
 
@@ -58,6 +59,10 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(own_server: ServerP
             pool.map(lambda _: http.post("/v1/chat/completions", json=request(4)), range(8))
         )
     assert [r.status_code for r in warm] == [200] * 8
+    # Each scrape, whichever API server answers it (a new connection each), counts every
+    # process's decodes: the processes share one Prometheus multiprocess folder.
+    scrapes = [httpx.get(base(own_server) + "/metrics", timeout=30) for _ in range(6)]
+    assert [parse(r.text).value("audiotext_audio_decodes_total") for r in scrapes] == [8.0] * 6
     results: list[httpx.Response] = []
     worker = threading.Thread(
         target=lambda: results.append(http.post("/v1/chat/completions", json=request(1500)))

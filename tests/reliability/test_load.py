@@ -13,6 +13,7 @@ import psutil
 
 from audiotext.server.launcher import ServerProcess
 from tests.conftest import DecodeLog, b64, load_clip, speech_of, wav_bytes
+from tests.metrics import scrape
 
 from .conftest import API_KEY, MAX_IN_FLIGHT, REPORT
 
@@ -55,6 +56,7 @@ def test_overload_sheds_with_503_and_loses_no_accepted_request(http: httpx.Clien
     def one(_: int) -> httpx.Response:
         return http.post("/v1/chat/completions", json=request(64))
 
+    before = scrape(http)
     with ThreadPoolExecutor(max_workers=5 * MAX_IN_FLIGHT) as pool:
         replies = list(pool.map(one, range(5 * MAX_IN_FLIGHT)))
     statuses = [r.status_code for r in replies]
@@ -62,6 +64,7 @@ def test_overload_sheds_with_503_and_loses_no_accepted_request(http: httpx.Clien
     shed = [r for r in replies if r.status_code == 503]
     served = [r for r in replies if r.status_code == 200]
     assert shed and served
+    assert (scrape(http) - before).refused() == {"overload": len(shed)}
     assert all(r.headers["retry-after"] == "1" for r in shed)
     assert all(r.json()["usage"]["completion_tokens"] == 64 for r in served)
     REPORT.append(
@@ -94,11 +97,12 @@ def test_a_flood_of_large_clips_on_a_full_queue_is_shed_without_decoding(
         while engine_counts(http)[0] < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert engine_counts(http)[0] == 2, "the holding requests did not start"
-        mark, before = decodes.mark(), decoded(http)
+        mark, before, counted = decodes.mark(), decoded(http), scrape(http)
         shed = list(pool.map(lambda _: http.post("/v1/chat/completions", json=flood), range(24)))
         flood_decodes, flood_metric = decodes.since(mark), decoded(http) - before
         held = [f.result() for f in holders]
     assert [r.status_code for r in shed] == [503] * len(shed)
+    assert (scrape(http) - counted).refused() == {"overload": len(shed)}
     assert all("--max-queued-audio-s" in r.json()["error"]["message"] for r in shed)
     assert all(r.headers["retry-after"] == "1" for r in shed)
     # Refused from each file's header: no process of the server decoded any of them.

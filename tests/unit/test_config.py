@@ -12,6 +12,7 @@ import pytest
 from audiotext.server import checkpoint
 from audiotext.server.cli import parse_args
 from audiotext.server.config import (
+    CONFIG_ENV,
     ServerConfig,
     config_from_args,
     from_json,
@@ -60,6 +61,14 @@ def test_plugins_read_the_configuration_back_from_the_environment() -> None:
     # vLLM's own media policy flags say the same as audiotext's.
     argv = to_vllm(config).argv
     assert argv[argv.index("--allowed-media-domains") + 1 :][:2] == ("a.test", "b.test")
+
+
+def test_ray_workers_get_the_configuration_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert to_vllm(ServerConfig()).env["VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"] == CONFIG_ENV
+    monkeypatch.setenv("VLLM_RAY_EXTRA_ENV_VARS_TO_COPY", "MY_TOKEN")
+    assert (
+        to_vllm(ServerConfig()).env["VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"] == f"MY_TOKEN,{CONFIG_ENV}"
+    )
 
 
 def test_stock_loads_no_plugin_and_no_connector() -> None:
