@@ -9,6 +9,7 @@ These routes only shape requests and responses.
 - `POST /v1/audio-text-to-text`: the Hugging Face task shape, run through the same chat
   serving path (same engine, batching and caches).
 - `POST /v1/audio/transcriptions`, `/v1/audio/translations`: OpenAI's multipart routes.
+- `GET /playground`: a page that asks the task endpoint (`playground.html`, self-contained).
 """
 
 from __future__ import annotations
@@ -17,11 +18,19 @@ import base64
 import json
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
+from functools import cache
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from pydantic import BaseModel, Field, ValidationError
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest,
@@ -48,6 +57,7 @@ router = APIRouter()
 TRANSCRIPT_MAX_TOKENS = 448
 TRANSCRIBE_PROMPT = "Transcribe the speech in this audio exactly, word for word."
 TRANSLATE_PROMPT = "Translate the speech in this audio into English."
+PLAYGROUND = Path(__file__).with_name("playground.html")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     HTTPStatus.BAD_REQUEST.value: {"model": ErrorResponse},
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value: {"model": ErrorResponse},
@@ -145,6 +155,17 @@ async def create_translation(
     return await _speech_to_text(
         raw_request, file, model, prompt, None, response_format, temperature, "translate"
     )
+
+
+@router.get("/playground", include_in_schema=False)
+async def playground() -> HTMLResponse:
+    """The playground page: upload or record audio, ask, watch the answer stream in."""
+    return HTMLResponse(_playground_html())
+
+
+@cache
+def _playground_html() -> str:
+    return PLAYGROUND.read_text(encoding="utf-8")
 
 
 def task_to_chat(task: TaskRequest, default_model: str) -> ChatCompletionRequest:
