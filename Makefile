@@ -16,8 +16,9 @@ export AUDIOTEXT_CACHE_DIR ?= $(CURDIR)/.cache
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(TARGET)
 # System tools the tests, the demo and the benchmarks run, as COMMAND:DEBIAN_PACKAGE.
-# espeak-ng speaks the benchmark workloads (tests/e2e/test_bench.py runs them).
-SYSTEM_TOOLS ?= espeak-ng:espeak-ng
+# espeak-ng speaks the benchmark workloads (tests/e2e/test_bench.py runs them); chromium is
+# the browser tests/e2e/test_playground.py drives through Playwright.
+SYSTEM_TOOLS ?= espeak-ng:espeak-ng chromium:chromium
 
 .PHONY: install unlink-source system-tools demo serve test test-unit test-wheel check format bench bench-tuning clean
 

@@ -1,7 +1,7 @@
 """ASGI guards in front of every route: API key, body size, load, deadline, drain, audio.
 
-- With an API key configured, every route but the open ones (health, metrics, version
-  and the API docs, which reach neither the engine nor any media) needs
+- With an API key configured, every route but the open ones (health, metrics, version,
+  the API docs and the playground page, which reach neither the engine nor any media) needs
   `Authorization: Bearer <key>`, compared in constant time; otherwise 401.
 - Bodies over the cap get 413, whether announced by Content-Length or not.
 - At most `max_in_flight` requests are served at once; the next gets 503 with
@@ -34,9 +34,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# Open: probes, metrics, docs and the playground page (static; its requests carry the key).
 OPEN_PATHS = frozenset(
     {"/health", "/ping", "/metrics", "/version", "/openapi.json", "/docs", "/redoc",
-     "/docs/oauth2-redirect"}
+     "/docs/oauth2-redirect", "/playground"}
 )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ These routes only shape requests and responses.
   `json` and `text` transcribe the file in one answer; `verbose_json`, `srt` and `vtt`
   transcribe each long-audio window on its own (concurrently, one engine) and time the
   segments by the windows.
+- `GET /playground`: a page that asks the task endpoint (`playground.html`, self-contained).
 """
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ import io
 import json
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
+from functools import cache
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Literal
 
 import soundfile
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from pydantic import BaseModel, Field, ValidationError
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest,
@@ -55,6 +64,7 @@ router = APIRouter()
 TRANSCRIPT_MAX_TOKENS = 448
 TRANSCRIBE_PROMPT = "Transcribe the speech in this audio exactly, word for word."
 TRANSLATE_PROMPT = "Translate the speech in this audio into English."
+PLAYGROUND = Path(__file__).with_name("playground.html")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     HTTPStatus.BAD_REQUEST.value: {"model": ErrorResponse},
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value: {"model": ErrorResponse},
@@ -157,6 +167,17 @@ async def create_translation(
     return await _speech_to_text(
         raw_request, file, model, prompt, language, response_format, temperature, "translate"
     )
+
+
+@router.get("/playground", include_in_schema=False)
+async def playground() -> HTMLResponse:
+    """The playground page: upload or record audio, ask, watch the answer stream in."""
+    return HTMLResponse(_playground_html())
+
+
+@cache
+def _playground_html() -> str:
+    return PLAYGROUND.read_text(encoding="utf-8")
 
 
 def task_to_chat(task: TaskRequest, default_model: str) -> ChatCompletionRequest:

@@ -36,6 +36,7 @@ SUPPORTED_PATHS = frozenset(
         "/tokenize", "/detokenize",
         # audiotext's own
         "/v1/audio-text-to-text", "/v1/audio/transcriptions", "/v1/audio/translations",
+        "/playground",
     }
 )  # fmt: skip
 

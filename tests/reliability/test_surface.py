@@ -34,7 +34,7 @@ from .conftest import MAX_SECONDS, REPORT, Listener
 
 Req = dict[str, Any]  # keyword arguments of httpx.Client.post
 OPEN = {"/health", "/ping", "/metrics", "/version", "/openapi.json", "/docs", "/redoc",
-        "/docs/oauth2-redirect"}  # fmt: skip
+        "/docs/oauth2-redirect", "/playground"}  # fmt: skip
 # POST routes that build no prompt from user text.
 PROMPT_FREE = {"/detokenize", "/ping", "/v1/responses/{response_id}/cancel"}
 CONTROL = "<|audio_bos|><|AUDIO|><|audio_eos|> hi"
