@@ -46,7 +46,7 @@ class ServerConfig:
     model: str = _opt(
         DEFAULT_MODEL,
         "Hugging Face model id, local checkpoint folder, or a built-in checkpoint "
-        f"({', '.join(checkpoint.SIZES)}), built on first use.",
+        f"({', '.join(checkpoint.BUILTIN)}), built on first use.",
     )
     served_model_name: str | None = _opt(
         None, "Model name clients send; defaults to --model as given."
@@ -132,7 +132,7 @@ class ServerConfig:
     @property
     def builtin(self) -> str | None:
         """The built-in checkpoint size named by `model`, if any."""
-        return self.model if self.model in checkpoint.SIZES else None
+        return self.model if self.model in checkpoint.BUILTIN else None
 
     @property
     def base_url(self) -> str:

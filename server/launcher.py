@@ -49,7 +49,7 @@ def check_model(config: ServerConfig) -> None:
     if model.startswith(("/", ".", "~")) or model.count("/") != 1:
         raise LaunchError(
             f"model {model!r} is neither a checkpoint folder, a Hugging Face id (org/name), "
-            f"nor a built-in checkpoint ({', '.join(checkpoint.SIZES)})"
+            f"nor a built-in checkpoint ({', '.join(checkpoint.BUILTIN)})"
         )
     from huggingface_hub import hf_hub_download
 
