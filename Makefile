@@ -72,7 +72,7 @@ system-tools:
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 
 demo: install
-	$(BIN)/audiotext demo --audio tests/data/speech_demo.flac
+	$(BIN)/audiotext demo --audio tests/data/listening_demo.flac
 
 serve: install
 	$(BIN)/audiotext serve --model $(MODEL) $(ARGS)
