@@ -61,27 +61,33 @@ def render(clip: Clip) -> np.ndarray:
 
 def sound(kind: str, rng: np.random.Generator) -> np.ndarray:
     """A synthetic non-speech sound: `beep`, `noise`, `tones` or `silence`."""
-    t = lambda seconds: np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE  # noqa: E731
     level = rng.uniform(0.1, 0.6)
+    out: np.ndarray
     if kind == "beep":
-        x = np.sin(2 * np.pi * rng.uniform(400, 2000) * t(rng.uniform(0.3, 1.2)))
+        x = np.sin(2 * np.pi * rng.uniform(400, 2000) * _times(rng.uniform(0.3, 1.2)))
         return _faded(level * x)
     if kind == "noise":
         x = rng.standard_normal(int(rng.uniform(0.8, 3.0) * SAMPLE_RATE))
         if rng.random() < 0.5:  # brown-ish noise as well as white
             x = np.cumsum(x)
             x = x - np.convolve(x, np.ones(400) / 400, mode="same")
-        return (level * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+        out = (level * x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+        return out
     if kind == "tones":
         gap = np.zeros(int(rng.uniform(0.05, 0.15) * SAMPLE_RATE))
         notes = []
         for _ in range(rng.integers(3, 7)):
-            notes += [_faded(np.sin(2 * np.pi * rng.uniform(300, 1500) * t(0.15))), gap]
-        return (level * np.concatenate(notes)).astype(np.float32)
+            notes += [_faded(np.sin(2 * np.pi * rng.uniform(300, 1500) * _times(0.15))), gap]
+        out = (level * np.concatenate(notes)).astype(np.float32)
+        return out
     if kind == "silence":
         n = int(rng.uniform(0.8, 3.0) * SAMPLE_RATE)
         return (rng.standard_normal(n) * 10 ** rng.uniform(-5, -3.5)).astype(np.float32)
     raise ValueError(f"unknown sound {kind!r}")
+
+
+def _times(seconds: float) -> np.ndarray:
+    return np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
 
 
 def _faded(x: np.ndarray) -> np.ndarray:

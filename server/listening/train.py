@@ -322,7 +322,7 @@ def train(out: Path, recipe: Recipe = Recipe(), init: Path | None = None) -> Pat
         loss, aux = batch_loss(model, ctc_head, ctc, prompts, samples, rng)
         total = loss + recipe.ctc_weight * aux if aux is not None else loss
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        total.backward()  # type: ignore[no-untyped-call]
         nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
@@ -363,7 +363,8 @@ def draw_batch(rng: random.Random, recipe: Recipe, pool: list[Example]) -> list[
         start = rng.randrange(0, len(pool) - recipe.batch)
         return [[e] for e in pool[start : start + recipe.batch]]
     start = rng.randrange(0, len(pool))
-    chosen, frames = [], 0
+    chosen: list[Example] = []
+    frames = 0
     for e in pool[start:] + pool[:start]:
         if chosen and frames + e.frames > recipe.long_frames:
             break
