@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -246,12 +247,17 @@ def sequences(
         prompt = prompts.prompt(instruction, counts)
         rows.append(prompt + target)
         labels.append([-100] * len(prompt) + target)
+    ids, attention = padded(rows, prompts.tokenizer.pad_token_id)
+    label_ids, _ = padded(labels, -100)
+    return ids, attention, label_ids
+
+
+def padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows right-padded with `pad` to the longest, and their attention mask."""
     width = max(len(r) for r in rows)
-    pad = prompts.tokenizer.pad_token_id
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
     attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    label_ids = torch.tensor([r + [-100] * (width - len(r)) for r in labels])
-    return ids, attention, label_ids
+    return ids, attention
 
 
 def lm_hidden(
@@ -345,8 +351,6 @@ def train(out: Path, recipe: Recipe = Recipe(), init: Path | None = None) -> Pat
             checkpoint.save_trained_weights(model, staging, dtype=torch.bfloat16)
 
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     staging.rename(out)
     logger.info("wrote %s in %.0f s", out, time.monotonic() - started)
@@ -449,10 +453,7 @@ def greedy(
         rows = []
         for (instruction, _), clip, tokens in zip(asked, audio, done, strict=True):
             rows.append([*prompts.prompt(instruction, [len(clip)]), *tokens])
-        width = max(len(r) for r in rows)
-        pad = prompts.tokenizer.pad_token_id
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        ids, attention = padded(rows, prompts.tokenizer.pad_token_id)
         hidden = lm_hidden(model, ids, attention, audio)
         last = hidden[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
         nxt = model.lm_head(last).argmax(-1).tolist()
