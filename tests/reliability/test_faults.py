@@ -19,7 +19,8 @@ from audiotext.server.launcher import ServerProcess, free_port
 from tests.conftest import left_alive, process_tree, running_server
 from tests.metrics import parse
 
-from .test_load import engine_counts, request
+from .test_load import engine_counts
+from .test_load import request as chat_body
 
 
 def data_parallel(config: ServerConfig) -> ServerConfig:
@@ -34,11 +35,13 @@ def data_parallel(config: ServerConfig) -> ServerConfig:
     )
 
 
-@pytest.fixture(params=["one API server", "data parallel"])
+@pytest.fixture(params=["one API server", "two API servers", "data parallel"])
 def own_server(
     request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> Any:
     config = ServerConfig(model="tiny", port=free_port(), enforce_eager=True, drain_timeout_s=60)
+    if request.param == "two API servers":
+        config = replace(config, extra_args=("--api-server-count", "2"))
     if request.param == "data parallel":
         config = data_parallel(config)
         monkeypatch.setenv("VLLM_HOST_IP", "127.0.0.1")  # engines talk over loopback only
@@ -46,26 +49,42 @@ def own_server(
         yield server
 
 
+# HTTP-serving processes per mode: the launcher itself, or the API servers vLLM starts.
+API_SERVERS = {"one API server": 1, "two API servers": 2, "data parallel": 2}
+
+
+def api_servers(server: ServerProcess) -> list[psutil.Process]:
+    assert server.proc is not None
+    root = psutil.Process(server.proc.pid)
+    children = [
+        p for p in root.children(recursive=True) if "APIServer" in p.name() + " ".join(p.cmdline())
+    ]
+    return children or [root]
+
+
 def base(server: ServerProcess) -> str:
     return server.base_url.removesuffix("/v1")
 
 
-def test_sigterm_lets_in_flight_requests_finish_then_exits_0(own_server: ServerProcess) -> None:
+def test_sigterm_lets_in_flight_requests_finish_then_exits_0(
+    own_server: ServerProcess, request: pytest.FixtureRequest
+) -> None:
     assert own_server.proc is not None
     http = httpx.Client(base_url=base(own_server), timeout=120)
-    # Every API server process answers (several when data parallel).
+    # Every API server process answers (several with --api-server-count or data parallel).
     with ThreadPoolExecutor(max_workers=4) as pool:
         warm = list(
-            pool.map(lambda _: http.post("/v1/chat/completions", json=request(4)), range(8))
+            pool.map(lambda _: http.post("/v1/chat/completions", json=chat_body(4)), range(8))
         )
     assert [r.status_code for r in warm] == [200] * 8
     # Each scrape, whichever API server answers it (a new connection each), counts every
     # process's decodes: the processes share one Prometheus multiprocess folder.
     scrapes = [httpx.get(base(own_server) + "/metrics", timeout=30) for _ in range(6)]
     assert [parse(r.text).value("audiotext_audio_decodes_total") for r in scrapes] == [8.0] * 6
+    assert len(api_servers(own_server)) == API_SERVERS[request.node.callspec.params["own_server"]]
     results: list[httpx.Response] = []
     worker = threading.Thread(
-        target=lambda: results.append(http.post("/v1/chat/completions", json=request(1500)))
+        target=lambda: results.append(http.post("/v1/chat/completions", json=chat_body(1500)))
     )
     worker.start()
     deadline = time.monotonic() + 30
@@ -76,7 +95,7 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(own_server: ServerP
     time.sleep(0.5)
     # Draining: not ready, and new work is refused with a retry hint, not a 500.
     health = http.get("/health")
-    refused = http.post("/v1/chat/completions", json=request(4))
+    refused = http.post("/v1/chat/completions", json=chat_body(4))
     assert health.status_code == 503
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
