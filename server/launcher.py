@@ -36,7 +36,8 @@ from audiotext.server.config import ServerConfig, to_cli_args, to_vllm
 
 logger = logging.getLogger(__name__)
 
-STARTUP_TIMEOUT_S = 600.0
+# A busy machine can take over ten minutes to import vLLM and compile (measured here).
+STARTUP_TIMEOUT_S = 1200.0
 # Beyond the server's drain timeout, before the server is killed.
 STOP_TIMEOUT_S = 30.0
 # prometheus_client's multiprocess mode: every process writes its series under this folder.

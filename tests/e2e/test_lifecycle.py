@@ -21,7 +21,7 @@ from tests.conftest import left_alive, process_tree
 
 CLI = [sys.executable, "-m", "audiotext.server.cli"]
 # vLLM's start-up on a busy two-core machine can take minutes before the engine loads.
-STARTUP_S = 600
+STARTUP_S = 1200
 
 
 class Serve:

@@ -210,7 +210,10 @@ def test_timed_formats_give_one_segment_per_window(client: openai.OpenAI) -> Non
         )
         assert segment["text"] == alone.text
         assert segment["tokens"] and segment["avg_logprob"] < 0
-    srt = client.audio.transcriptions.create(model="tiny", file=file, response_format="srt")
+    # Same request as verbose_json's (the language is part of the instruction), as SubRip.
+    srt = client.audio.transcriptions.create(
+        model="tiny", file=file, response_format="srt", language="en"
+    )
     cues = re.findall(r"(\d+)\n(\S+) --> (\S+)\n(.*)\n\n", str(srt))
     assert [c[1:] for c in cues] == [
         (clock(s["start"], ","), clock(s["end"], ","), s["text"]) for s in segments if s["text"]
