@@ -277,7 +277,7 @@ def test_each_clip_is_decoded_once_in_the_api_process(
         assert http.post(route, **request).status_code == 200, route
     clips = 2 + len(sent)
     assert decoded(http) - before == clips
-    assert decodes.since(mark) == [server.proc.pid] * clips
+    assert decodes.since(mark) == [server.api_server_pid] * clips
 
 
 def test_routes_are_in_the_openapi_schema(http: httpx.Client) -> None:
