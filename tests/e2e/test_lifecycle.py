@@ -15,13 +15,11 @@ from pathlib import Path
 import pytest
 
 from audiotext.server.config import ServerConfig
-from audiotext.server.launcher import ServerProcess, free_port
+from audiotext.server.launcher import STARTUP_TIMEOUT_S, ServerProcess, free_port
 from audiotext.server.supervisor import STOP_GRACE_S
 from tests.conftest import left_alive, process_tree
 
 CLI = [sys.executable, "-m", "audiotext.server.cli"]
-# vLLM's start-up on a busy two-core machine can take minutes before the engine loads.
-STARTUP_S = 1200
 
 
 class Serve:
@@ -43,7 +41,7 @@ class Serve:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
 
-    def wait_for(self, text: str, timeout: float = STARTUP_S) -> None:
+    def wait_for(self, text: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while not any(text in line for line in self.lines):
             assert self.proc.poll() is None, "\n".join(self.lines[-40:])

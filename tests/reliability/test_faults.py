@@ -49,7 +49,7 @@ def own_server(
         yield server
 
 
-# HTTP-serving processes per mode: the launcher itself, or the API servers vLLM starts.
+# HTTP-serving processes per mode: vLLM's process itself, or the API servers it starts.
 API_SERVERS = {"one API server": 1, "two API servers": 2, "data parallel": 2}
 
 
@@ -59,7 +59,7 @@ def api_servers(server: ServerProcess) -> list[psutil.Process]:
     children = [
         p for p in root.children(recursive=True) if "APIServer" in p.name() + " ".join(p.cmdline())
     ]
-    return children or [root]
+    return children or [psutil.Process(server.api_server_pid)]
 
 
 def base(server: ServerProcess) -> str:
