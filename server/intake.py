@@ -56,14 +56,16 @@ class AudioQueue:
         self.seconds = 0.0
         self._lock = threading.Lock()
 
-    def hold(self, seconds: float) -> None:
+    def hold(self, seconds: float, own: float = 0.0) -> None:
         """Count `seconds` as in flight, or refuse (503) when that would overfill the queue.
 
-        One request alone may always run, however long its audio: the per-request limit
-        (`--max-audio-seconds`) bounds it.
+        One request alone may always run, however long its audio and however many clips
+        it has: the per-request limit (`--max-audio-seconds`) bounds it. `own` is what the
+        asking request already holds, so its second clip is not refused for its first.
         """
         with self._lock:
-            if self.seconds > 0 and self.seconds + seconds > self.max_seconds:
+            others = self.seconds - own
+            if others > TOLERANCE_S and self.seconds + seconds > self.max_seconds:
                 raise request_error(
                     f"the server has {self.seconds:.0f} s of audio in flight, its limit is "
                     f"{self.max_seconds:g} s (--max-queued-audio-s); retry shortly",
@@ -96,19 +98,39 @@ class RequestAudio:
     status: int | None = None
     held: float = field(default=0.0, repr=False)
     started: float = field(default_factory=time.monotonic, repr=False)
+    # Seconds counted against `max_seconds`: each clip's declared length until it is heard,
+    # then its decoded length. vLLM fetches a request's clips in parallel threads, so
+    # counting happens under a lock, before any decode.
+    admitted: float = field(default=0.0, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def admit(self, seconds: float) -> None:
-        """Count a clip of `seconds` against this request's and the server's limits."""
-        if self.seconds + seconds > self.max_seconds + TOLERANCE_S:
-            raise too_long(self.max_seconds)
-        if self.queue is not None and seconds > 0:
-            self.queue.hold(seconds)
-            self.held += seconds
+    def admit(self, seconds: float) -> float:
+        """Count a clip of `seconds` against this request's and the server's limits.
 
-    def heard(self, samples: Samples) -> None:
-        """Record a decoded clip; its decoded length replaces whatever it declared."""
-        self.seconds += len(samples) / SAMPLE_RATE
-        self.windows += window_count(samples)
+        Returns the room the clip was admitted into: the most it may decode to.
+        """
+        with self._lock:
+            room = self.room()
+            if seconds > room + TOLERANCE_S:
+                raise too_long(self.max_seconds)
+            if self.queue is not None and seconds > 0:
+                self.queue.hold(seconds, own=self.held)
+                self.held += seconds
+            self.admitted += seconds
+            return room
+
+    def room(self) -> float:
+        """Seconds of audio this request may still carry."""
+        return self.max_seconds - self.admitted
+
+    def heard(self, samples: Samples, declared: float = 0.0) -> None:
+        """Record a decoded clip; its decoded length replaces what it declared."""
+        with self._lock:
+            self.admitted += len(samples) / SAMPLE_RATE - declared
+            if self.admitted > self.max_seconds + TOLERANCE_S:  # a header that understated
+                raise too_long(self.max_seconds)
+            self.seconds += len(samples) / SAMPLE_RATE
+            self.windows += window_count(samples)
 
     def release(self) -> None:
         if self.queue is not None:
@@ -179,9 +201,11 @@ def take(data: bytes, max_seconds: float) -> Samples:
     """
     request = CURRENT.get() or RequestAudio(max_seconds=max_seconds)
     declared = declared_seconds(data)
-    if declared is not None:
-        request.admit(declared)
-    budget = request.max_seconds - request.seconds + TOLERANCE_S
+    # The most this clip may decode to (a clip that decodes longer is cut off there and
+    # refused, so that a lying header cannot expand): the room its declared length was
+    # admitted into, or, without a header, the room the request has left.
+    room = request.admit(declared) if declared is not None else request.room()
+    budget = room + TOLERANCE_S
     metrics.AUDIO_DECODES.inc()
     started = time.perf_counter()
     try:
@@ -193,6 +217,6 @@ def take(data: bytes, max_seconds: float) -> Samples:
     metrics.DECODE_SECONDS.observe(time.perf_counter() - started)
     if declared is None:
         request.admit(len(samples) / SAMPLE_RATE)
-    request.heard(samples)
+    request.heard(samples, declared=declared or len(samples) / SAMPLE_RATE)
     metrics.AUDIO_SECONDS.labels(route=request.route).inc(len(samples) / SAMPLE_RATE)
     return np.ascontiguousarray(samples)

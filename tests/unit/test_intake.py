@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -120,6 +122,37 @@ def test_a_full_queue_refuses_with_503_before_decoding(monkeypatch: pytest.Monke
         assert "--max-queued-audio-s" in str(caught.value)
         assert decodes == []
     assert queue.seconds == 0  # released when the requests ended
+
+
+def test_one_request_alone_runs_whatever_its_clips_add_up_to_under_its_limit() -> None:
+    queue = AudioQueue(max_seconds=50)
+    with request_scope(RequestAudio(240, queue)) as heard:
+        take(wav_bytes(speech_of(40)), 240)
+        take(wav_bytes(speech_of(20)), 240)  # over the queue, but only its own audio is there
+        assert queue.seconds == pytest.approx(60)
+    assert heard.seconds == pytest.approx(60) and queue.seconds == 0
+
+
+def test_clips_admitted_before_any_is_heard_count_together() -> None:
+    # vLLM fetches a request's clips in parallel: each is admitted before the others decode.
+    request = RequestAudio(max_seconds=60, queue=AudioQueue(max_seconds=50))
+    request.admit(40)
+    with pytest.raises(AudioRequestError) as caught:
+        request.admit(40)
+    assert caught.value.status == 413  # over the request's limit: not a retryable 503
+    assert request.admitted == pytest.approx(40)
+
+
+def test_clips_taken_in_parallel_threads_are_refused_once_over_the_limit() -> None:
+    clip = wav_bytes(speech_of(40))
+    with request_scope(RequestAudio(60, AudioQueue(max_seconds=50))) as heard:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            jobs = [pool.submit(contextvars.copy_context().run, take, clip, 60) for _ in "ab"]
+        errors = [job.exception() for job in jobs]
+    refusals = [e for e in errors if e is not None]
+    assert len(refusals) == 1 and isinstance(refusals[0], AudioRequestError)
+    assert refusals[0].status == 413
+    assert heard.seconds == pytest.approx(40)
 
 
 @pytest.mark.parametrize(
