@@ -85,8 +85,9 @@ def test_interrupted_batch_keeps_every_answer_and_resume_finishes_it(
     shutil.copy(SHORT, tmp_path / "clip.flac")
     short = {"max_new_tokens": 4}
     # Three slow requests fill all three slots once the first six are answered, so the
-    # interrupt finds them in flight and nothing else running.
-    slow = {"max_new_tokens": 384, "ignore_eos": True}
+    # interrupt finds them in flight and nothing else running. They are long enough
+    # (seconds of decoding) that a loaded machine cannot finish one before it is seen.
+    slow = {"max_new_tokens": 1536, "ignore_eos": True}
     rows = [
         {
             "audio": "clip.flac",
@@ -102,12 +103,14 @@ def test_interrupted_batch_keeps_every_answer_and_resume_finishes_it(
     before = engine_metrics(server)
 
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     while len(lines_of(out)) < 6:
         assert proc.poll() is None and time.monotonic() < deadline, "batch ended early"
         time.sleep(0.05)
-    while engine_metrics(server)["running"] < 3:
-        assert time.monotonic() < deadline
+    deadline = time.monotonic() + 60
+    while (running := engine_metrics(server)["running"]) < 3:
+        assert time.monotonic() < deadline, f"{running} of the 3 slow requests running"
+        assert len(lines_of(out)) == 6, "a slow request finished before it was seen running"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
