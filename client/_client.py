@@ -343,7 +343,7 @@ class AudioTextClient(_BaseClient):
                 _check_opening(event)
                 if event.type == "session.updated":
                     break
-            yield RealtimeSession(connection, silence_duration_ms)
+            yield RealtimeSession(connection, silence_duration_ms if turn_detection else None)
 
     def close(self) -> None:
         self.openai.close()
@@ -518,7 +518,7 @@ class AsyncAudioTextClient(_BaseClient):
                 _check_opening(event)
                 if event.type == "session.updated":
                     break
-            yield AsyncRealtimeSession(connection, silence_duration_ms)
+            yield AsyncRealtimeSession(connection, silence_duration_ms if turn_detection else None)
 
     async def close(self) -> None:
         await self.openai.close()

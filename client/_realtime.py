@@ -70,6 +70,13 @@ def pcm16_chunks(audio: AudioSource, trailing_silence_s: float) -> list[bytes]:
     return [pcm[i : i + size] for i in range(0, len(pcm), size)]
 
 
+def trailing_silence_s(silence_duration_ms: int | None) -> float:
+    """Silence after a clip: none without VAD; else enough for the VAD to end the turn."""
+    if silence_duration_ms is None:
+        return 0.0
+    return silence_duration_ms / 1000 + TRAILING_SILENCE_MARGIN_S
+
+
 def append_event(chunk: bytes) -> dict[str, Any]:
     return {"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode("ascii")}
 
@@ -103,16 +110,17 @@ class _Answer:
 class RealtimeSession:
     """One open realtime session (from `AudioTextClient.realtime`)."""
 
-    def __init__(self, connection: Any, silence_duration_ms: int) -> None:
+    def __init__(self, connection: Any, silence_duration_ms: int | None) -> None:
         self.connection = connection
-        self.trailing_silence_s = silence_duration_ms / 1000 + TRAILING_SILENCE_MARGIN_S
+        self.trailing_silence_s = trailing_silence_s(silence_duration_ms)
 
     def send(self, event: dict[str, Any]) -> None:
         """Send any client event of the Realtime API."""
         self.connection.send(cast(Any, event))
 
     def send_audio(self, audio: AudioSource, *, pace: bool = False) -> None:
-        """Stream a clip in 20 ms chunks (in real time with `pace`), then silence."""
+        """Stream a clip in 20 ms chunks (in real time with `pace`); with server VAD, then
+        the silence that ends the turn."""
         for chunk in pcm16_chunks(audio, self.trailing_silence_s):
             self.send(append_event(chunk))
             if pace:
@@ -154,16 +162,17 @@ class RealtimeSession:
 class AsyncRealtimeSession:
     """`RealtimeSession` with `await` (from `AsyncAudioTextClient.realtime`)."""
 
-    def __init__(self, connection: Any, silence_duration_ms: int) -> None:
+    def __init__(self, connection: Any, silence_duration_ms: int | None) -> None:
         self.connection = connection
-        self.trailing_silence_s = silence_duration_ms / 1000 + TRAILING_SILENCE_MARGIN_S
+        self.trailing_silence_s = trailing_silence_s(silence_duration_ms)
 
     async def send(self, event: dict[str, Any]) -> None:
         """Send any client event of the Realtime API."""
         await self.connection.send(cast(Any, event))
 
     async def send_audio(self, audio: AudioSource, *, pace: bool = False) -> None:
-        """Stream a clip in 20 ms chunks (in real time with `pace`), then silence."""
+        """Stream a clip in 20 ms chunks (in real time with `pace`); with server VAD, then
+        the silence that ends the turn."""
         for chunk in await asyncio.to_thread(pcm16_chunks, audio, self.trailing_silence_s):
             await self.send(append_event(chunk))
             if pace:

@@ -61,7 +61,14 @@ def test_python_examples(server: ServerProcess) -> None:
     one_answer = [example(blocks, marker) for marker in ONE_ANSWER]
     batch = example(blocks, "generate_batch")
     timed = example(blocks, 'response_format="verbose_json"')
-    assert sorted([*one_answer, batch, timed]) == sorted(blocks), "a README example no test runs"
+    realtime = [example(blocks, "client.realtime.connect("), example(blocks, "client.realtime(")]
+    assert sorted([*one_answer, batch, timed, *realtime]) == sorted(blocks), (
+        "a README example no test runs"
+    )
+    for block in realtime:  # a spoken turn, answered over /v1/realtime
+        out = run([sys.executable, "-c", aimed_at(block, server)])
+        assert out.startswith("{'generated_text': '") and "'generated_text': ''" not in out
+        assert "'status'" not in out or "'status': 'completed'" in out
     for block in one_answer:
         out = run([sys.executable, "-c", aimed_at(block, server)])
         assert out.startswith("{'generated_text': '")

@@ -24,12 +24,14 @@ import pytest
 import soundfile
 import websockets
 
+from audiotext.client import AudioTextClient
+from audiotext.client._realtime import pcm16_chunks
 from audiotext.server import checkpoint
 from audiotext.server.config import ServerConfig
 from audiotext.server.launcher import ServerProcess, free_port
 from audiotext.server.listening import cases
 from audiotext.server.listening.speech import SAMPLE_RATE, render
-from tests.conftest import load_clip, running_server
+from tests.conftest import DATA, load_clip, running_server
 from tests.metrics import parse, scrape
 from tests.realtime import Turn, append, checked, chunks, pcm16, session, silence
 
@@ -272,3 +274,30 @@ def test_sessions_that_vanish_mid_utterance_free_the_engine(server: ServerProces
     busy_before = asyncio.run(main())
     assert busy_before >= 1  # the engine was answering them
     assert_engine_idle(server)
+
+
+def test_audiotext_client_realtime_helper_answers_as_chat(server: ServerProcess) -> None:
+    clip = DATA / "speech_short.flac"
+    pcm = b"".join(pcm16_chunks(clip, trailing_silence_s=0))
+    reference = sdk(server).chat.completions.create(
+        model="tiny",
+        messages=[audio_turn(pcm, 16000)],
+        max_tokens=8,
+        temperature=0,  # type: ignore[list-item]
+    )
+    with AudioTextClient(base_url=server.base_url) as client:
+        with client.realtime(turn_detection=False, max_output_tokens=8, temperature=0) as rt:
+            rt.send_audio(clip)
+            rt.commit()
+            rt.respond()
+            assert rt.answer() == reference.choices[0].message.content
+            # With server VAD, a clip sent in real time is one turn, answered on its own.
+        with client.realtime(max_output_tokens=8, temperature=0) as rt:
+            rt.send_audio(clip, pace=True)
+            kinds = []
+            for event in rt.events():
+                kinds.append(event.type)
+                if event.type == "response.done":
+                    break
+            assert kinds.count("input_audio_buffer.committed") == 1
+            assert "response.output_text.delta" in kinds
