@@ -537,6 +537,13 @@ class RealtimeSession:
             status = "failed"
             details = {"type": "failed", "error": {"type": kind, "code": code}}
             await self.send(events.error(e.message, code, param=e.param, kind=kind))
+        except Exception:
+            # The engine failed (not the request): say so, and keep the session usable.
+            logger.exception("realtime answer %s failed", response_id)
+            status = "failed"
+            details = {"type": "failed", "error": {"type": "server_error", "code": "server_error"}}
+            await self.send(events.error("the answer failed on the server", "server_error",
+                                         kind="server_error"))  # fmt: skip
         except asyncio.CancelledError:
             if self.closed:
                 raise
