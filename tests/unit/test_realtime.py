@@ -200,3 +200,25 @@ def test_every_server_event_matches_the_openai_sdk_models() -> None:
         assert parsed.type == event["type"]
         # Nothing the SDK does not know: every field we send is one of its fields.
         assert set(event) <= set(type(parsed).model_fields), event["type"]
+
+
+def test_the_client_helpers_session_and_chunks_are_what_the_server_takes() -> None:
+    from audiotext.client._realtime import pcm16_chunks, session_update, trailing_silence_s
+
+    update = session_update(
+        instructions="Be brief.", turn_detection=True, silence_duration_ms=400,
+        max_output_tokens=32, temperature=0.0,
+    )  # fmt: skip
+    settings = SessionSettings().updated(update["session"])
+    assert settings.rate == 16000 and settings.instructions == "Be brief."
+    assert settings.turn_detection == TurnDetection(silence_duration_ms=400)
+    assert (settings.max_output_tokens, settings.temperature) == (32, 0.0)
+    manual = session_update(instructions=None, turn_detection=False, silence_duration_ms=500,
+                            max_output_tokens=None, temperature=None)  # fmt: skip
+    assert SessionSettings().updated(manual["session"]).turn_detection is None
+
+    clip = load_clip("1s")
+    chunks = pcm16_chunks((clip, 16000), trailing_silence_s(400))
+    assert {len(c) for c in chunks[:-1]} == {640}  # 20 ms of 16 kHz PCM16
+    assert sum(len(c) for c in chunks) == (16000 + int(0.7 * 16000)) * 2
+    assert trailing_silence_s(None) == 0
