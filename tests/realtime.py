@@ -40,8 +40,8 @@ def append(chunk: bytes) -> dict[str, Any]:
 
 
 def session(rate: int = 24000, vad: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    """A GA `session.update` body: text out, PCM16 at `rate`, server VAD unless `vad={}`
-    is given as None-like (pass `vad=None` and `manual=True` for no turn detection)."""
+    """A GA `session.update` body: text out, PCM16 at `rate`, server VAD with `vad`'s
+    settings (`manual=True`: no turn detection, the client commits)."""
     manual = extra.pop("manual", False)
     detection = None if manual else {"type": "server_vad", **(vad or {})}
     return {
@@ -54,9 +54,13 @@ def session(rate: int = 24000, vad: dict[str, Any] | None = None, **extra: Any) 
 
 
 def checked(raw: str | bytes) -> dict[str, Any]:
-    """One server event, validated by the OpenAI SDK's models (every field known)."""
+    """One server event, validated by the OpenAI SDK's models (every field known).
+
+    One deliberate extension: a session's input rate may be 16000 (the SDK's type knows
+    only 24000); it is validated as 24000.
+    """
     event: dict[str, Any] = json.loads(raw)
-    parsed = SERVER_EVENT.validate_python(event)
+    parsed = SERVER_EVENT.validate_python(_as_24khz(event))
     assert set(event) <= set(type(parsed).model_fields), event
     return event
 
@@ -80,3 +84,12 @@ class Turn:
     @property
     def done(self) -> dict[str, Any]:
         return self.first("response.done")["response"]
+
+
+def _as_24khz(event: dict[str, Any]) -> dict[str, Any]:
+    audio_format = event.get("session", {}).get("audio", {}).get("input", {}).get("format", {})
+    if audio_format.get("rate") != 16000:
+        return event
+    copy = json.loads(json.dumps(event))
+    copy["session"]["audio"]["input"]["format"]["rate"] = 24000
+    return copy

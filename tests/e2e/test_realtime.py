@@ -42,7 +42,12 @@ API_KEY = "realtime-key"
 @pytest.fixture(scope="module")
 def listening_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     checkpoint.ensure_built("listening")
-    config = ServerConfig(model="listening", port=free_port(), dtype="float32", api_key=API_KEY)
+    # 32-token KV blocks: vLLM's CPU default (128) is longer than a short spoken turn's
+    # prompt, and prefix caching reuses whole blocks only (the GPU default is 16).
+    config = ServerConfig(
+        model="listening", port=free_port(), dtype="float32", api_key=API_KEY,
+        extra_args=("--block-size", "32"),
+    )  # fmt: skip
     with running_server(config, tmp_path_factory.mktemp("listening-realtime")) as proc:
         yield proc
 
