@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -66,9 +67,10 @@ def test_python_examples(server: ServerProcess) -> None:
         "a README example no test runs"
     )
     for block in realtime:  # a spoken turn, answered over /v1/realtime
-        out = run([sys.executable, "-c", aimed_at(block, server)])
-        assert out.startswith("{'generated_text': '") and "'generated_text': ''" not in out
-        assert "'status'" not in out or "'status': 'completed'" in out
+        printed = ast.literal_eval(run([sys.executable, "-c", aimed_at(block, server)]))
+        assert printed["generated_text"]
+        # Answered, not cut off by barge-in or refused (tiny talks until max_output_tokens).
+        assert printed.get("status", "completed") in ("completed", "incomplete")
     for block in one_answer:
         out = run([sys.executable, "-c", aimed_at(block, server)])
         assert out.startswith("{'generated_text': '")
