@@ -11,10 +11,12 @@ checkpoint, spoken with espeak-ng. For each turn it records, on the client's clo
 - `speech_end_to_delta_ms`: the last chunk with speech sent -> first delta (adds the VAD's
   silence duration, the wait that tells a pause from the end of a turn);
 
-and, right after, the same prompt as a plain streamed chat completion (the turn's audio,
-cut where the VAD cut it, and the same history): `chat_ttft_ms` with a fresh `cache_salt`
-(cold KV cache) and, for the second turn, `chat_warm_ttft_ms` without one. Prints
-medians and every record as JSON (one process, sequential: concurrency 1).
+and the same prompt as a plain streamed chat completion (the turn's audio, cut where the
+VAD cuts it, and the same history), sent before the realtime turn in odd repetitions and
+after it in even ones, so that neither always finds the clip's features already in the
+processor cache: `chat_ttft_ms` with a fresh `cache_salt` (cold KV cache) and, for the
+second turn, `chat_warm_ttft_ms` without one. Prints medians and every record as JSON
+(one process, sequential: concurrency 1).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from audiotext.server.config import ServerConfig
 from audiotext.server.launcher import ServerProcess, free_port
 from audiotext.server.listening import cases
 from audiotext.server.listening.speech import SAMPLE_RATE, render
+from audiotext.server.realtime.vad import SpeechDetector, SpeechStarted, SpeechStopped
 
 RATE = 24000
 CHUNK_MS = 20
@@ -48,6 +51,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reps", type=int, default=5, help="two-turn conversations")
     parser.add_argument("--silence-ms", type=int, default=500, help="the VAD's silence duration")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--block-size", type=int, default=32,
+        help="KV-cache block size (vLLM's CPU default, 128, exceeds a short turn's prompt)",
+    )  # fmt: skip
 
 
 def pcm16(samples: np.ndarray) -> bytes:
@@ -85,12 +92,10 @@ async def spoken_turn(
                 return
 
     receiver = asyncio.create_task(receive())
-    audio = speech + bytes(int((silence_s + 0.5) * RATE) * 2)
+    audio = turn_audio(speech, int(silence_s * 1000))
     size = RATE * CHUNK_MS // 1000 * 2
     started = time.perf_counter()
     for n, i in enumerate(range(0, len(audio), size)):
-        if receiver.done():
-            break
         await connection.send(
             {"type": "input_audio_buffer.append",
              "audio": base64.b64encode(audio[i : i + size]).decode()}
@@ -123,10 +128,37 @@ async def chat_ttft(
     return (first - started) * 1000
 
 
+def turn_audio(speech: bytes, silence_ms: int) -> bytes:
+    """What one turn sends: the question, then the silence that ends it, and half a second."""
+    return speech + bytes(int((silence_ms / 1000 + 0.5) * RATE) * 2)
+
+
+def predicted_cuts(streams: list[bytes], silence_ms: int) -> list[tuple[int, int]]:
+    """Where the server's VAD will cut these turns (its own detector, fed as it is fed)."""
+    detector = SpeechDetector(RATE, 0.5, 300, silence_ms)
+    found = []
+    audio = b"".join(streams)
+    size = RATE * CHUNK_MS // 1000 * 2
+    for i in range(0, len(audio), size):
+        found += detector.feed(audio[i : i + size])
+    starts = [e.audio_start_ms for e in found if isinstance(e, SpeechStarted)]
+    ends = [e.audio_end_ms for e in found if isinstance(e, SpeechStopped)]
+    return list(zip(starts, ends, strict=True))
+
+
 async def conversation(
-    client: openai.AsyncOpenAI, model: str, questions: list[cases.Case], silence_ms: int
+    client: openai.AsyncOpenAI,
+    model: str,
+    questions: list[cases.Case],
+    silence_ms: int,
+    chat_first: bool,
 ) -> list[dict[str, Any]]:
-    spoken = [pcm16(render(q.clip)) for q in questions]
+    """One two-turn conversation; each turn's plain chat is sent before the realtime turn
+    when `chat_first` (the realtime turn then finds the clip's features in the processor
+    cache), after it otherwise (then the chat does)."""
+    streams = [turn_audio(pcm16(render(q.clip)), silence_ms) for q in questions]
+    cuts = predicted_cuts(streams, silence_ms)
+    sent = b"".join(streams)
     records: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
     async with client.realtime.connect(model=model) as connection:
@@ -136,16 +168,22 @@ async def conversation(
             "type": "realtime", "output_modalities": ["text"], "temperature": 0,
             "audio": {"input": audio_in}}}  # fmt: skip
         await connection.send(cast(Any, update))
-        sent = b""
-        for turn, speech in enumerate(spoken):
-            timings, text, (start, end) = await spoken_turn(connection, speech, silence_ms / 1000)
-            sent += speech + bytes(int((silence_ms / 1000 + 0.5) * RATE) * 2)
-            # The turn's audio exactly as the VAD cut it (the session's clock spans all audio).
+        for turn, stream in enumerate(streams):
+            # The turn's audio exactly as the VAD cuts it (the session's clock spans all audio).
+            start, end = cuts[turn]
             cut = sent[start * RATE // 1000 * 2 : end * RATE // 1000 * 2]
             part = {"type": "input_audio", "input_audio": {"data": wav_b64(cut), "format": "wav"}}
             history.append({"role": "user", "content": [part]})
-            cold = await chat_ttft(client, model, history, cold=True)
-            record: dict[str, Any] = {"turn": turn + 1, **timings, "chat_ttft_ms": cold}
+            if chat_first:
+                cold = await chat_ttft(client, model, history, cold=True)
+            speech = stream[: len(stream) - int((silence_ms / 1000 + 0.5) * RATE) * 2]
+            timings, text, heard = await spoken_turn(connection, speech, silence_ms / 1000)
+            if heard != cuts[turn]:
+                raise RuntimeError(f"the server cut turn {turn + 1} at {heard}, not {cuts[turn]}")
+            if not chat_first:
+                cold = await chat_ttft(client, model, history, cold=True)
+            record: dict[str, Any] = {"turn": turn + 1, "chat_first": chat_first, **timings,
+                                      "chat_ttft_ms": cold}  # fmt: skip
             if turn:
                 record["chat_warm_ttft_ms"] = await chat_ttft(client, model, history, cold=False)
             records.append(
@@ -157,17 +195,22 @@ async def conversation(
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     questions = cases.cases("held_out", 2 * (args.reps + 1), seed=args.seed, kinds=("chat",))
-    config = ServerConfig(model=args.size, port=free_port(), dtype="float32")
+    config = ServerConfig(
+        model=args.size, port=free_port(), dtype="float32",
+        extra_args=("--block-size", str(args.block_size)),
+    )  # fmt: skip
     records: list[dict[str, Any]] = []
     with ServerProcess(config) as server:
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
 
         async def run() -> None:
             # The first conversation warms the server up (compilation, caches) and is dropped.
-            await conversation(client, args.size, questions[:2], args.silence_ms)
+            await conversation(client, args.size, questions[:2], args.silence_ms, False)
             for rep in range(args.reps):
                 pair = questions[2 * rep + 2 : 2 * rep + 4]
-                for record in await conversation(client, args.size, pair, args.silence_ms):
+                chat_first = rep % 2 == 1  # alternate: neither side always finds warm caches
+                for record in await conversation(client, args.size, pair, args.silence_ms,
+                                                 chat_first):  # fmt: skip
                     records.append({"rep": rep, **record})
 
         asyncio.run(run())

@@ -259,6 +259,8 @@ class Item:
     audio: bytes | None = None
     rate: int = DEFAULT_RATE
     status: str = "completed"
+    # The audio as base64 WAV, made once: every later answer sends this turn again.
+    _wav: str | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self, with_audio: bool = False) -> dict[str, Any]:
         """The item as the Realtime API shows it; its audio (base64 PCM16) if asked for."""
@@ -283,9 +285,10 @@ class Item:
         """The item as a chat message: audio as a WAV `input_audio` part, then the text."""
         if self.audio is None:
             return {"role": self.role, "content": self.text or ""}
-        data = base64.b64encode(wav(self.audio, self.rate)).decode("ascii")
+        if self._wav is None:
+            self._wav = base64.b64encode(wav(self.audio, self.rate)).decode("ascii")
         parts: list[dict[str, Any]] = [
-            {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+            {"type": "input_audio", "input_audio": {"data": self._wav, "format": "wav"}}
         ]
         if self.text:
             parts.append({"type": "text", "text": self.text})
