@@ -84,14 +84,17 @@ def response(
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None) -> dict[str, Any]:
-    """vLLM's usage in the Realtime API's terms (input tokens mix audio and text)."""
-    return {
+    """vLLM's usage in the Realtime API's terms (input tokens mix audio and text; cached
+    tokens only where vLLM reports them, with --enable-prompt-tokens-details)."""
+    usage: dict[str, Any] = {
         "total_tokens": prompt_tokens + completion_tokens,
         "input_tokens": prompt_tokens,
         "output_tokens": completion_tokens,
-        "input_token_details": {"cached_tokens": cached_tokens or 0},
         "output_token_details": {"text_tokens": completion_tokens, "audio_tokens": 0},
     }
+    if cached_tokens is not None:
+        usage["input_token_details"] = {"cached_tokens": cached_tokens}
+    return usage
 
 
 def text_part(text: str) -> dict[str, Any]:

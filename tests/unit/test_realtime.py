@@ -166,7 +166,8 @@ def test_conversation_is_one_growing_chat() -> None:
 def _response(status: str) -> dict[str, Any]:
     item = Item("item_1", "assistant", text="hi", status="completed").as_dict()
     details = {"type": "cancelled", "reason": "turn_detected"}
-    usage = events.usage(10, 2, None)
+    usage = events.usage(10, 2, 8)
+    assert "input_token_details" not in events.usage(10, 2, None)  # unknown, not 0
     return events.response("resp_1", status, [item], None, usage=usage, status_details=details)
 
 
