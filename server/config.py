@@ -118,6 +118,15 @@ class ServerConfig:
     drain_timeout_s: int = _opt(
         30, "On SIGTERM, seconds in-flight requests get to finish (vLLM --shutdown-timeout)."
     )
+    realtime_max_sessions: int = _opt(
+        64, "Realtime (/v1/realtime) sessions open at once at most; beyond, close code 1013."
+    )
+    realtime_idle_timeout_s: float = _opt(
+        300.0, "A realtime session with no client event and no answer running closes (1008)."
+    )
+    realtime_max_session_s: float = _opt(
+        1800.0, "Longest realtime session, in seconds; then it closes (1008)."
+    )
     all_vllm_routes: bool = _opt(
         False,
         "Also serve vLLM's routes audiotext does not support or test (development, "
