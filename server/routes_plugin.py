@@ -36,7 +36,7 @@ SUPPORTED_PATHS = frozenset(
         "/tokenize", "/detokenize",
         # audiotext's own
         "/v1/audio-text-to-text", "/v1/audio/transcriptions", "/v1/audio/translations",
-        "/playground",
+        "/playground", "/v1/realtime",
     }
 )  # fmt: skip
 
@@ -49,10 +49,13 @@ class AudioTextRoutes:
 
     def attach_router(self, app: FastAPI) -> None:
         from audiotext.server.guards import GuardMiddleware, GuardSettings
+        from audiotext.server.intake import AudioQueue
+        from audiotext.server.realtime.route import router as realtime_router
         from audiotext.server.routes import router
 
         config = served_config()
         app.include_router(router)
+        app.include_router(realtime_router)
         if not config.all_vllm_routes:
             app.router.routes[:] = [
                 r for r in app.router.routes if getattr(r, "path", None) in SUPPORTED_PATHS
@@ -65,7 +68,15 @@ class AudioTextRoutes:
             max_audio_seconds=config.max_audio_seconds,
             max_queued_audio_s=config.max_queued_audio_s,
         )
-        app.add_middleware(GuardMiddleware, settings=settings, lifecycle=lifecycle.PROCESS)
+        # One queue of audio in flight for the process: HTTP requests and realtime answers.
+        app.state.audiotext_audio_queue = AudioQueue(settings.max_queued_audio_s)
+        app.add_middleware(
+            GuardMiddleware,
+            settings=settings,
+            lifecycle=lifecycle.PROCESS,
+            audio_queue=app.state.audiotext_audio_queue,
+        )
+        outermost_websocket_guard(app, settings, config.realtime_max_sessions)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
         from audiotext.server.renderer import GuardedHfRenderer
@@ -78,6 +89,24 @@ class AudioTextRoutes:
         state.audiotext_engine_watch = asyncio.get_running_loop().create_task(
             lifecycle.PROCESS.watch_engine(engine_client)
         )
+
+
+def outermost_websocket_guard(app: FastAPI, settings: Any, max_sessions: int) -> None:
+    """Put `guards.WebSocketGuard` outside every middleware, vLLM's included.
+
+    vLLM adds its middleware (its API-key check among them) after the plugins attach, so
+    any middleware added here runs inside it, and vLLM's check would refuse a browser's
+    key, which comes as a subprotocol. Starlette builds the stack once, on the first
+    request, with `build_middleware_stack`: wrapping it puts the guard outermost.
+    """
+    from audiotext.server.guards import WebSocketGuard
+
+    build = app.build_middleware_stack
+
+    def build_guarded() -> Any:
+        return WebSocketGuard(build(), settings, lifecycle.PROCESS, max_sessions)
+
+    setattr(app, "build_middleware_stack", build_guarded)  # noqa: B010 (an instance's method)
 
 
 def check_vllm_wiring(engine_client: Any) -> None:

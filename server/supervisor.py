@@ -172,6 +172,8 @@ class Supervisor:
         else:
             say(f'resolving model "{config.model}"')
         eager = " in eager mode" if config.enforce_eager else ""
+        if config.dtype == "auto" and config.resolved_dtype == "float32":
+            eager += " in float32 (this CPU has no bfloat16 arithmetic)"
         say(f"starting vLLM{eager}: engine first, then the API server on "
             f"{config.host}:{config.port}")  # fmt: skip
 

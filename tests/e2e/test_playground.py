@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import soundfile
 
@@ -151,3 +152,44 @@ def test_a_file_that_is_not_audio_shows_the_servers_message(
     assert seen["error"].startswith("400: ")
     assert "audio" in seen["error"].lower()
     assert seen["answer"] == ""
+
+
+def test_live_mode_holds_a_spoken_turn_over_realtime(
+    server: ServerProcess, browser_factory: Any, tmp_path: Path
+) -> None:
+    # The fake microphone loops this file: speech, then silence long enough to end a turn.
+    speech = tmp_path / "turn.wav"
+    turn = load_clip("6s")
+    soundfile.write(speech, np.concatenate([turn, np.zeros(32000, np.float32)]), 16000,
+                    subtype="PCM_16")  # fmt: skip
+    browser = browser_factory(
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={speech}",
+    )
+    metrics_url = server.base_url.removesuffix("/v1") + "/metrics"
+    heard = 'audiotext_audio_seconds_total{route="/v1/realtime"}'
+
+    def realtime_seconds() -> float:
+        for line in httpx.get(metrics_url, timeout=30).text.splitlines():
+            if line.startswith(heard):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = realtime_seconds()
+    page = browser.new_page()
+    page.goto(playground(server))
+    page.fill("#max-tokens", str(MAX_TOKENS))
+    page.click("#live")
+    page.wait_for_selector(".turn[data-role=assistant][data-done=true]", timeout=ANSWER_TIMEOUT_MS)
+    page.screenshot(path=str(ARTIFACTS / "playground-live.png"), full_page=True)
+    page.click("#live")
+    user = page.locator(".turn[data-role=user]").first
+    answer = page.locator(".turn[data-role=assistant][data-done=true]").first
+    assert page.text_content("#error") == ""
+    # The 6 s of speech are one turn (prefix padding and the silence that ends it around).
+    assert 5.5 <= float(user.get_attribute("data-seconds") or 0) <= 8.0
+    assert answer.get_attribute("data-status") in ("completed", "incomplete")
+    assert answer.text_content()
+    # ... and the server's media connector heard it on the realtime route.
+    assert realtime_seconds() - before >= 5.5

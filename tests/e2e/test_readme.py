@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -61,7 +62,15 @@ def test_python_examples(server: ServerProcess) -> None:
     one_answer = [example(blocks, marker) for marker in ONE_ANSWER]
     batch = example(blocks, "generate_batch")
     timed = example(blocks, 'response_format="verbose_json"')
-    assert sorted([*one_answer, batch, timed]) == sorted(blocks), "a README example no test runs"
+    realtime = [example(blocks, "client.realtime.connect("), example(blocks, "client.realtime(")]
+    assert sorted([*one_answer, batch, timed, *realtime]) == sorted(blocks), (
+        "a README example no test runs"
+    )
+    for block in realtime:  # a spoken turn, answered over /v1/realtime
+        printed = ast.literal_eval(run([sys.executable, "-c", aimed_at(block, server)]))
+        assert printed["generated_text"]
+        # Answered, not cut off by barge-in or refused (tiny talks until max_output_tokens).
+        assert printed.get("status", "completed") in ("completed", "incomplete")
     for block in one_answer:
         out = run([sys.executable, "-c", aimed_at(block, server)])
         assert out.startswith("{'generated_text': '")

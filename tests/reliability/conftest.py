@@ -19,6 +19,10 @@ MAX_SECONDS = 60
 MAX_BODY_MB = 2
 MAX_IN_FLIGHT = 8
 MAX_QUEUED_AUDIO_S = 50
+# Realtime sessions: few at once, short idle time and length, so each limit can be reached.
+REALTIME_SESSIONS = 3
+REALTIME_IDLE_S = 3.0
+REALTIME_SESSION_S = 12.0
 
 
 # Lines the suite reports at the end of the run (corpus size and results, load figures).
@@ -61,7 +65,8 @@ def guarded(
     config = ServerConfig(
         model="tiny", port=free_port(), api_key=API_KEY, max_audio_seconds=MAX_SECONDS,
         max_body_mb=MAX_BODY_MB, max_queued_requests=MAX_IN_FLIGHT, media_folder=str(media_folder),
-        max_queued_audio_s=MAX_QUEUED_AUDIO_S,
+        max_queued_audio_s=MAX_QUEUED_AUDIO_S, realtime_max_sessions=REALTIME_SESSIONS,
+        realtime_idle_timeout_s=REALTIME_IDLE_S, realtime_max_session_s=REALTIME_SESSION_S,
         enforce_eager=True,
     )  # fmt: skip
     with running_server(config, tmp_path_factory.mktemp("guarded"), decodes) as proc:

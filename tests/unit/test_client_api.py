@@ -21,10 +21,12 @@ import audiotext.client as client_pkg
 from audiotext.client import (
     APIConnectionError,
     AsyncAudioTextClient,
+    AsyncRealtimeSession,
     AudioTextClient,
     BadRequestError,
     InvalidAudioError,
     OverloadedError,
+    RealtimeSession,
     ServerError,
 )
 from audiotext.server.launcher import free_port
@@ -35,10 +37,10 @@ SPEECH = Path(__file__).parents[1] / "data" / "speech_short.flac"
 def test_public_surface_is_pinned() -> None:
     assert client_pkg.__all__ == [
         "DEFAULT_BASE_URL", "SAMPLE_RATE", "APIConnectionError", "APIError", "APIStatusError",
-        "AsyncAudioTextClient", "AudioSource", "AudioTextClient", "AudioTextError",
-        "AuthenticationError", "BadRequestError", "BatchResult", "Generation", "InvalidAudioError",
-        "InvalidRequestError", "OverloadedError", "Segment", "ServerError", "Transcription",
-        "audio_token_count", "load_audio",
+        "AsyncAudioTextClient", "AsyncRealtimeSession", "AudioSource", "AudioTextClient",
+        "AudioTextError", "AuthenticationError", "BadRequestError", "BatchResult", "Generation",
+        "InvalidAudioError", "InvalidRequestError", "OverloadedError", "RealtimeSession",
+        "Segment", "ServerError", "Transcription", "audio_token_count", "load_audio",
     ]  # fmt: skip
 
 
@@ -60,6 +62,12 @@ def test_sync_and_async_twins_have_the_same_signatures() -> None:
                  "translate", "close"):  # fmt: skip
         assert inspect.iscoroutinefunction(getattr(AsyncAudioTextClient, name))
     assert inspect.isasyncgenfunction(AsyncAudioTextClient.stream)
+    sync, asyn = public_methods(RealtimeSession), public_methods(AsyncRealtimeSession)
+    assert sync.keys() == asyn.keys()
+    for name, signature in sync.items():
+        assert [p.name for p in signature.parameters.values()] == [
+            p.name for p in asyn[name].parameters.values()
+        ], name
     assert inspect.isgeneratorfunction(AudioTextClient.stream)
 
 

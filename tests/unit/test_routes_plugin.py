@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from audiotext.server import config as server_config
 from audiotext.server.config import ServerConfig, to_vllm
@@ -94,3 +95,24 @@ def test_the_server_does_not_start_when_vllm_moved_what_it_relies_on(
     wired = renderer()
     start(SimpleNamespace(renderer=wired, errored=False))
     assert wired.guard_user_text and len(wired.on_shutdown) == 1
+
+
+def test_realtime_key_from_the_browser_subprotocol_passes_vllms_own_key_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served = vllm_app(monkeypatch, ServerConfig(model="tiny", api_key="k"))
+    client = TestClient(served)
+    with client.websocket_connect("/v1/realtime") as ws:
+        assert ws.receive_json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert closed.value.code == 1008
+    # With the key as a subprotocol, the session reaches the route (vLLM's API-key
+    # middleware, inside the guard, saw it as the header); this app has no engine, so the
+    # route stops there, where a served app would begin the session.
+    protocols = ["realtime", "openai-insecure-api-key.k"]
+    with (
+        pytest.raises(AttributeError, match="openai_serving_chat"),
+        client.websocket_connect("/v1/realtime", subprotocols=protocols),
+    ):
+        pass
