@@ -32,6 +32,7 @@ from .conftest import (
     REALTIME_SESSION_S,
     REALTIME_SESSIONS,
 )
+from .test_load import wait_for_idle
 
 KEY_HEADER = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -71,8 +72,10 @@ def refused(ws: ClientConnection, within_s: float = 30) -> tuple[str, int]:
 
 
 @pytest.fixture()
-def idle_room(guarded: ServerProcess) -> Iterator[None]:
-    """Every realtime session of an earlier test closed (the cap counts open ones)."""
+def idle_room(guarded: ServerProcess, http: httpx.Client) -> Iterator[None]:
+    """No request of an earlier test still in the engine (their audio counts against the
+    server's queue), and every realtime session closed (the cap counts open ones)."""
+    assert wait_for_idle(http, within_s=120) == (0.0, 0.0)
     yield
     time.sleep(0.2)
 
