@@ -38,8 +38,9 @@ from audiotext.server.config import ServerConfig, to_cli_args
 
 # The child runs the server in-process when this is set.
 CHILD_ENV = "AUDIOTEXT_SUPERVISED"
-# Time to stop when nothing is in flight (starting, or after the drain).
-STOP_GRACE_S = 5.0
+# Time to stop when nothing is in flight (starting, or after the drain): vLLM's own
+# shutdown of its engine and workers takes several seconds on a loaded 2-core machine.
+STOP_GRACE_S = 20.0
 POLL_S = 0.2
 # A phase taking longer than this gets a "still ..." line, and again every as long.
 REMIND_S = 60.0
