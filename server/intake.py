@@ -215,8 +215,9 @@ def take(data: bytes, max_seconds: float) -> Samples:
     except InvalidAudioError as e:
         raise request_error(str(e), reason="bad_audio") from e
     metrics.DECODE_SECONDS.observe(time.perf_counter() - started)
-    if declared is None:
-        request.admit(len(samples) / SAMPLE_RATE)
-    request.heard(samples, declared=declared or len(samples) / SAMPLE_RATE)
+    if declared is None:  # no header: admitted now, at its decoded length
+        declared = len(samples) / SAMPLE_RATE
+        request.admit(declared)
+    request.heard(samples, declared=declared)
     metrics.AUDIO_SECONDS.labels(route=request.route).inc(len(samples) / SAMPLE_RATE)
     return np.ascontiguousarray(samples)
