@@ -118,6 +118,11 @@ class ServerConfig:
     drain_timeout_s: int = _opt(
         30, "On SIGTERM, seconds in-flight requests get to finish (vLLM --shutdown-timeout)."
     )
+    keep_alive_s: int = _opt(
+        75,
+        "Seconds an idle HTTP connection is kept open. Longer than clients keep theirs "
+        "(httpx and the OpenAI SDK: 5 s), so a client never reuses one the server is closing.",
+    )
     realtime_max_sessions: int = _opt(
         64, "Realtime (/v1/realtime) sessions open at once at most; beyond, close code 1013."
     )
@@ -238,6 +243,7 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
     env["VLLM_PLUGINS"] = "" if config.stock else ",".join(PLUGINS)
     if not config.stock:
         env["VLLM_MEDIA_CONNECTOR"] = MEDIA_CONNECTOR
+        env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(config.keep_alive_s)
         # The plugins, inside vLLM's processes, read the configuration back from here;
         # Ray workers on other nodes get it only if vLLM is told to copy it.
         env[CONFIG_ENV] = to_json(config)
