@@ -118,6 +118,14 @@ def process_tree(pid: int) -> list[Any]:
     return [root, *root.children(recursive=True)]
 
 
+def lower_priority(pid: int, niceness: int = 10) -> None:
+    """Run a process tree, every thread of it, below this test process's priority: a client
+    on its own machine is never starved by the server's cores, as one sharing 2 cores is."""
+    for process in process_tree(pid):
+        for thread in process.threads():
+            os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
+
+
 def left_alive(processes: list[Any], within: float = 10.0) -> list[Any]:
     """The processes still running after `within` seconds (zombies count as gone)."""
     import psutil

@@ -19,6 +19,8 @@ from .conftest import API_KEY, MAX_IN_FLIGHT, REPORT
 
 SOAK_MINUTES = float(os.environ.get("AUDIOTEXT_SOAK_MINUTES", "2"))
 AUDIO = b64(wav_bytes(load_clip("1s")))
+# Tokens of the requests that hold the audio queue while a flood arrives.
+HOLD_TOKENS = 4000
 
 
 def request(tokens: int, stream: bool = False) -> dict[str, Any]:
@@ -89,7 +91,8 @@ def test_a_flood_of_large_clips_on_a_full_queue_is_shed_without_decoding(
 ) -> None:
     # Two 20 s clips fill 40 of the 50 queued seconds while they generate; then a flood of
     # 30 s clips (16-bit WAV, 1.3 MB of base64 each) arrives, with room in the request count.
-    holding = with_audio(request(1000), b64(wav_bytes(speech_of(20), subtype="PCM_16")))
+    # The holders decode for tens of seconds, so they outlast the flood on a busy machine.
+    holding = with_audio(request(HOLD_TOKENS), b64(wav_bytes(speech_of(20), subtype="PCM_16")))
     flood = with_audio(request(4), b64(wav_bytes(speech_of(30), subtype="PCM_16")))
     with ThreadPoolExecutor(max_workers=2 + MAX_IN_FLIGHT // 2) as pool:
         holders = [pool.submit(http.post, "/v1/chat/completions", json=holding) for _ in range(2)]
@@ -100,6 +103,7 @@ def test_a_flood_of_large_clips_on_a_full_queue_is_shed_without_decoding(
         mark, before, counted = decodes.mark(), decoded(http), scrape(http)
         shed = list(pool.map(lambda _: http.post("/v1/chat/completions", json=flood), range(24)))
         flood_decodes, flood_metric = decodes.since(mark), decoded(http) - before
+        assert engine_counts(http)[0] == 2, "the holders ended before the flood: make them longer"
         held = [f.result() for f in holders]
     assert [r.status_code for r in shed] == [503] * len(shed)
     assert (scrape(http) - counted).refused() == {"overload": len(shed)}
@@ -108,7 +112,7 @@ def test_a_flood_of_large_clips_on_a_full_queue_is_shed_without_decoding(
     # Refused from each file's header: no process of the server decoded any of them.
     assert flood_decodes == [] and flood_metric == 0
     assert [r.status_code for r in held] == [200, 200]
-    assert all(r.json()["usage"]["completion_tokens"] == 1000 for r in held)
+    assert all(r.json()["usage"]["completion_tokens"] == HOLD_TOKENS for r in held)
     assert wait_for_idle(http) == (0.0, 0.0)
     REPORT.append(f"overload: {len(shed)} clips of 30 s on a full audio queue, all 503, "
                   f"{len(flood_decodes)} decoded")  # fmt: skip
