@@ -16,10 +16,11 @@ export AUDIOTEXT_CACHE_DIR ?= $(CURDIR)/.cache
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(TARGET)
 # System tools the tests, the demo and the benchmarks run, as COMMAND:DEBIAN_PACKAGE.
-# espeak-ng speaks the benchmark workloads (tests/e2e/test_bench.py runs them).
-SYSTEM_TOOLS ?= espeak-ng:espeak-ng
+# espeak-ng speaks the benchmark workloads (tests/e2e/test_bench.py runs them); chromium is
+# the browser tests/e2e/test_playground.py drives through Playwright.
+SYSTEM_TOOLS ?= espeak-ng:espeak-ng chromium:chromium
 
-.PHONY: install unlink-source system-tools demo serve test test-unit test-wheel check format bench bench-tuning clean
+.PHONY: install unlink-source system-tools demo serve test test-unit test-wheel check format bench bench-float32 bench-tuning clean
 
 # Dependencies: only when pyproject.toml changes. The project itself: every time (a second),
 # in development mode: the installed packages are links to server/, client/ and
@@ -72,7 +73,7 @@ system-tools:
 	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 
 demo: install
-	$(BIN)/audiotext demo --audio tests/data/speech_demo.flac
+	$(BIN)/audiotext demo --audio tests/data/listening_demo.flac
 
 serve: install
 	$(BIN)/audiotext serve --model $(MODEL) $(ARGS)
@@ -85,6 +86,11 @@ bench: install
 	$(BIN)/audiotext bench --size bench --name $(BENCH_NAME) $(BENCH_ARGS)
 	$(BIN)/python -m audiotext.benchmarks.report benchmarks/results/$(BENCH_NAME).json \
 		$(if $(filter default,$(BENCH_NAME)),--readme README.md)
+
+# Every system in float32, the same dtype for all (the default run gives each its own).
+bench-float32: install
+	$(BIN)/audiotext bench --size bench --name float32 --dtype float32 $(BENCH_ARGS)
+	$(BIN)/python -m audiotext.benchmarks.report benchmarks/results/float32.json --readme README.md
 
 # The launcher's defaults against one change each, short clips at saturation, one run.
 TUNING_SYSTEMS := audiotext audiotext:cpu_cores=auto audiotext:max_num_batched_tokens=2048 \

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from audiotext.benchmarks import report
+from audiotext.benchmarks import flops, report
 from audiotext.benchmarks.loadgen import WorkItem, summarize
 from audiotext.benchmarks.systems import (
     KINDS,
@@ -57,7 +57,13 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         default="bench",
         help="built-in checkpoint (default: bench)",
     )
-    parser.add_argument("--dtype", default="float32", help="the same for every system")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (default): each system in its own default dtype, as its users get it "
+        "(vLLM: bfloat16 for float32 checkpoints; audiotext: the same, float32 on a CPU "
+        "without bfloat16 arithmetic; transformers: the checkpoint's); or one dtype for all",
+    )
     parser.add_argument(
         "--systems",
         nargs="+",
@@ -174,7 +180,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # SIGTERM unwinds like Ctrl-C, so the running system's servers are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     specs = [SystemSpec.parse(text) for text in args.systems]
-    checkpoint.ensure_built(args.size)
+    path = checkpoint.ensure_built(args.size)
+    logger.info("measuring this machine's matrix-multiply peak")
+    measured = [d for d in (args.dtype, "bfloat16", "float32") if d != "auto"]
+    limit = flops.describe(path, tuple(dict.fromkeys(measured)))
     warmup = [
         item
         for name in args.workloads
@@ -190,6 +199,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         else None,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine(),
+        "limit": limit,
         "versions": versions(),
         "workloads": {name: {"ranges": WORKLOADS[name].ranges} for name in args.workloads},
         "systems": [],
@@ -199,7 +209,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         for spec in specs:
             system = make_system(spec, size=args.size, dtype=args.dtype, log_dir=Path(logs))
             logger.info("starting %s", spec.name)
-            entry: dict[str, Any] = {"name": spec.name, "kind": spec.kind, "points": []}
+            entry: dict[str, Any] = {
+                "name": spec.name,
+                "kind": spec.kind,
+                "dtype": system.effective_dtype,
+                "points": [],
+            }
             try:
                 with system:
                     if isinstance(system, ServerSystem):

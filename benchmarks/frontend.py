@@ -4,8 +4,8 @@
 
 Starts `audiotext serve` on a built-in checkpoint, sends short clips (2-10 s, as the
 benchmark's `short` workload, 16 kHz WAV as the client SDK sends them) through the chat
-endpoint, and reads the CPU time of the API server process (the `audiotext serve`
-process itself: with one API server, vLLM serves HTTP in it) before and after. Prints
+endpoint, and reads the CPU time of the API server process (vLLM's process behind
+`audiotext serve`: with one API server, vLLM serves HTTP in it) before and after. Prints
 CPU milliseconds per request as JSON. The engine runs in other processes and is not
 counted.
 """
@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     config = ServerConfig(model=args.size, port=free_port())
     with ServerProcess(config) as server:
         assert server.proc is not None
-        api = psutil.Process(server.proc.pid)
+        api = psutil.Process(server.api_server_pid)
         target = Target(base_url=server.base_url, model=args.size)
         asyncio.run(run_load(target, warm, concurrency=args.concurrency, progress=False))
         before = cpu_seconds(api)

@@ -50,7 +50,7 @@ def run_raw(size: str, dtype: str, workloads: dict[str, list[WorkItem]]) -> dict
     path = checkpoint.ensure_built(size)
     processor = AutoProcessor.from_pretrained(path)
     model: Any = Qwen2AudioForConditionalGeneration.from_pretrained(
-        path, dtype=getattr(torch, dtype)
+        path, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
     )
     model.eval()
 
@@ -112,7 +112,7 @@ def run_offline(size: str, dtype: str, workloads: dict[str, list[WorkItem]]) -> 
     path = str(checkpoint.ensure_built(size))
     llm = LLM(
         model=path,
-        dtype=dtype,  # type: ignore[arg-type]
+        dtype=config.resolved_dtype,  # type: ignore[arg-type]
         max_model_len=config.max_model_len,
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,

@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from audiotext.benchmarks import flops
+
 
 def markers(name: str) -> tuple[str, str]:
     return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
@@ -82,10 +84,11 @@ def _ms(value: float | None) -> str:
 def table(result: dict[str, Any]) -> str:
     """Markdown: one row per system and workload at its saturation point, then the ratios."""
     head = headline(result)
+    limit = result.get("limit")  # results from before the FLOP count have none
     lines = [
         "| system | workload | req/s (saturation) | at | output tok/s | audio s/s "
-        "| p50 latency ms | p50 TTFT ms | audiotext is |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "| p50 latency ms | p50 TTFT ms | audiotext is |" + (" MFU |" if limit else ""),
+        "|---|---|---:|---|---:|---:|---:|---:|---:|" + ("---:|" if limit else ""),
     ]
     for workload in result["workloads"]:
         for system in result["systems"]:
@@ -94,12 +97,15 @@ def table(result: dict[str, Any]) -> str:
                 continue
             s = best["summary"]
             ratio = head["audiotext_over"].get(workload, {}).get(system["name"])
-            lines.append(
+            line = (
                 f"| {system['name']} | {workload} | {s['requests_per_s']:.2f} | {best['label']} "
                 f"| {s['output_tokens_per_s']:.1f} | {s['audio_seconds_per_s']:.1f} "
                 f"| {_ms(s['e2e_s']['p50'])} | {_ms(s['ttft_s']['p50'])} "
                 f"| {'-' if ratio is None else f'{ratio:.1f}x'} |"
             )
+            if limit:
+                line += f" {_percent(utilisation(result, system, best))} |"
+            lines.append(line)
     lines += time_table(result)
     for workload, ratio in head.get("task_p50_over_chat_p50", {}).items():
         lines.append("")
@@ -108,14 +114,54 @@ def table(result: dict[str, Any]) -> str:
         )
     machine = result["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v)
+    if limit:
+        peaks = ", ".join(f"{v / 1e9:.0f} GFLOP/s {k}" for k, v in limit["peak_flops"].items())
+        lines += [
+            "",
+            f"MFU: model FLOPs per second at saturation (encoder over the real audio, "
+            f"projector, language model over prompt and answer) over this machine's "
+            f"matrix-multiply peak in the same dtype, measured in the same run: {peaks} "
+            f"(2048-square matmul, {machine['cores']} cores).",
+        ]
     lines += [
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB, "
         f"no GPU. {versions}. Checkpoint `{result['config']['size']}`, "
-        f"{result['config']['dtype']} for every system, {result['config']['output_tokens']} "
+        f"{dtypes(result)}, {result['config']['output_tokens']} "
         f"output tokens per request. Command: `{result['command'] or 'audiotext bench'}`.",
     ]
     return "\n".join(lines)
+
+
+def dtype_of(result: dict[str, Any], system: dict[str, Any]) -> str:
+    """The dtype a system computed in (results from before per-system dtypes: the run's)."""
+    return str(system.get("dtype") or result["config"]["dtype"])
+
+
+def utilisation(
+    result: dict[str, Any], system: dict[str, Any], point: dict[str, Any]
+) -> float | None:
+    """Model FLOP utilisation of a point: its FLOPs per second over its dtype's peak."""
+    limit = result["limit"]
+    rate = flops.point_flops_per_s(flops.Shape(**limit["shape"]), point)
+    peak = limit["peak_flops"].get(dtype_of(result, system))
+    return None if rate is None or not peak else rate / peak
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def dtypes(result: dict[str, Any]) -> str:
+    """`float32 for every system`, or each system's own dtype where they differ."""
+    each = {s["name"]: dtype_of(result, s) for s in result["systems"]}
+    if len(set(each.values())) <= 1:
+        return f"{next(iter(each.values()), result['config']['dtype'])} for every system"
+    return (
+        "each system in its default dtype ("
+        + ", ".join(f"{name} {dtype}" for name, dtype in each.items())
+        + ")"
+    )
 
 
 def time_table(result: dict[str, Any]) -> list[str]:

@@ -156,6 +156,19 @@ class System:
         self.started_in_s = 0.0
         self.invocation: dict[str, Any] = {}
 
+    @property
+    def effective_dtype(self) -> str:
+        """The dtype this system computes in: `auto` as this system resolves it."""
+        if self.dtype != "auto":
+            return self.dtype
+        saved = checkpoint_dtype(self.size)
+        if self.spec.kind in ("raw", "transformers-serve"):
+            return saved  # transformers' auto: the checkpoint's
+        ours = ServerConfig(model=self.size, stock=self.spec.kind == "vllm").resolved_dtype
+        if ours != "auto":
+            return ours
+        return "bfloat16" if saved == "float32" else saved  # vLLM's auto on CPU
+
     def __enter__(self) -> System:
         start = time.perf_counter()
         self.start()
@@ -328,6 +341,12 @@ class InProcess(System):
             Result(name, point, [Record(**r) for r in done[name]["records"]], done[name]["wall_s"])
             for name in names
         ]
+
+
+def checkpoint_dtype(size: str) -> str:
+    """The dtype a built-in checkpoint's weights are saved in."""
+    config = json.loads((checkpoint.ensure_built(size) / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
 
 
 def make_system(spec: SystemSpec, *, size: str, dtype: str, log_dir: Path) -> System:

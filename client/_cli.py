@@ -1,116 +1,361 @@
-"""`audiotext ask`: one question from the shell, or a batch with a progress bar.
+"""The client commands of `audiotext`: ask, transcribe, translate, models, health.
 
-audiotext ask AUDIO [TEXT] [--stream] [--json]
-audiotext ask --batch FILE.jsonl|DIR [TEXT] [--output results.jsonl]
+audiotext ask AUDIO|- [TEXT] [--stream] [--json]
+audiotext ask --batch FILE.jsonl|DIR [TEXT] --output results.jsonl [--resume]
+audiotext transcribe AUDIO|- [--language en] [--format json|text|verbose_json|srt|vtt]
+audiotext models | health [--base-url URL]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from audiotext.client._constants import DEFAULT_CONCURRENCY
+from audiotext.client._constants import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S
+from audiotext.client._core import RESPONSE_FORMATS
+from audiotext.client._exceptions import APIConnectionError, AudioTextError
 
-AUDIO_SUFFIXES = frozenset(
-    {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".mp4", ".aac", ".webm"}
-)
+# Exit codes: 1 a request failed, 2 the command line cannot run, 128 + N stopped by signal N.
+FAILED, USAGE = 1, 2
 
 
-def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("audio", nargs="?", help="audio file, http(s) URL or data: URL")
+class CommandError(Exception):
+    """A command that cannot run as given; `audiotext` prints it in one line, exit code 2."""
+
+
+def _number(
+    kind: type, low: float | None, high: float | None = None, *, open_low: bool = False
+) -> Any:
+    """An argparse type: a number in a range, with the range in the error."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        below = low is not None and (value <= low if open_low else value < low)
+        if below or (high is not None and value > high):
+            bounds = f"{'>' if open_low else '>='} {low:g}" + (f" and <= {high:g}" if high else "")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """Where the server is and how to talk to it (every client command)."""
+    group = parser.add_argument_group("server")
+    group.add_argument(
+        "--base-url",
+        help="the server's OpenAI base URL [env AUDIOTEXT_BASE_URL, else "
+        "http://$AUDIOTEXT_HOST:$AUDIOTEXT_PORT/v1 as `audiotext serve` reads them; "
+        "default http://localhost:8000/v1]",
+    )
+    group.add_argument(
+        "--api-key",
+        help="bearer token. Visible to other users of this machine in `ps`: prefer "
+        "AUDIOTEXT_API_KEY or --api-key-file [env AUDIOTEXT_API_KEY]",
+    )
+    group.add_argument("--api-key-file", type=Path, help="read the bearer token from this file")
+    group.add_argument(
+        "--timeout",
+        type=_number(float, 0, open_low=True),
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds per request (default {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
+def add_ask_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("audio", nargs="?", help="audio file, - for stdin, http(s) or data: URL")
     parser.add_argument("text", nargs="?", help="instruction, e.g. 'What does the person say?'")
-    parser.add_argument("--batch", type=Path, help="JSONL of {audio, text} lines, or a folder")
-    parser.add_argument("--output", type=Path, help="batch results (JSONL); default stdout")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
     parser.add_argument("--stream", action="store_true", help="print the answer as it comes")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
-    parser.add_argument("--base-url", help="server's OpenAI base URL [env AUDIOTEXT_BASE_URL]")
-    parser.add_argument("--api-key", help="[env AUDIOTEXT_API_KEY]")
-    parser.add_argument("--model", help="[env AUDIOTEXT_MODEL; default: the server's model]")
     parser.add_argument("--system", help="system prompt")
-    parser.add_argument("--max-new-tokens", type=int)
-    parser.add_argument("--temperature", type=float)
     parser.add_argument(
         "--no-normalize", action="store_true", help="send local audio as is (server decodes)"
     )
-
-
-def main(args: argparse.Namespace) -> int:
-    from audiotext.client import AudioTextClient
-
-    client = AudioTextClient(
-        base_url=args.base_url,
-        api_key=args.api_key,
-        model=args.model,
-        normalize=not args.no_normalize,
-        system_prompt=args.system,
+    parser.add_argument("--model", help="[env AUDIOTEXT_MODEL; default: the server's model]")
+    batch = parser.add_argument_group("batch")
+    batch.add_argument("--batch", type=Path, help="JSONL of task requests, or a folder of audio")
+    batch.add_argument("--output", type=Path, help="results (JSONL), written as they complete")
+    batch.add_argument("--resume", action="store_true", help="skip what --output already holds")
+    batch.add_argument(
+        "--overwrite", action="store_true", help="replace an --output that holds results"
     )
-    params = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
-    with client:
-        if args.batch is not None:
-            return _batch(client, args, params)
-        if args.audio is None:
-            raise ValueError("give an AUDIO file or URL, or --batch")
-        request = {"audio": args.audio, "text": args.text}
+    batch.add_argument(
+        "--concurrency", type=_number(int, 1), default=DEFAULT_CONCURRENCY, help="in flight"
+    )
+    sampling = parser.add_argument_group("generation")
+    sampling.add_argument(
+        "--max-new-tokens", "--max-tokens", dest="max_new_tokens", type=_number(int, 1)
+    )
+    sampling.add_argument("--temperature", type=_number(float, 0), help="0 is greedy")
+    sampling.add_argument("--top-p", type=_number(float, 0, 1, open_low=True))
+    sampling.add_argument("--seed", type=int)
+    sampling.add_argument(
+        "--stop", action="append", metavar="TEXT", help="stop at this text (repeatable)"
+    )
+    add_connection_args(parser)
+
+
+def add_transcribe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("audio", help="audio file, - for stdin, or an http(s) URL")
+    parser.add_argument("--language", help="language of the speech, e.g. en")
+    parser.add_argument("--prompt", help="context: earlier text, names, spelling")
+    parser.add_argument("--format", choices=RESPONSE_FORMATS, default="text", help="default text")
+    parser.add_argument("--temperature", type=_number(float, 0), default=0.0)
+    parser.add_argument("--model", help="[env AUDIOTEXT_MODEL; default: the server's model]")
+    parser.add_argument(
+        "--no-normalize", action="store_true", help="send local audio as is (server decodes)"
+    )
+    add_connection_args(parser)
+
+
+def add_models_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the server's list as JSON")
+    add_connection_args(parser)
+
+
+def add_health_args(parser: argparse.ArgumentParser) -> None:
+    add_connection_args(parser)
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    """Run a client command; errors a user can act on are printed in one line."""
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "ask": ask,
+        "transcribe": lambda a: transcribe(a, "transcribe"),
+        "translate": lambda a: transcribe(a, "translate"),
+        "models": models,
+        "health": health,
+    }
+    try:
+        return commands[command](args)
+    except CommandError as e:
+        print(f"audiotext {command}: error: {e}", file=sys.stderr)
+        return USAGE
+    except APIConnectionError as e:
+        print(f"audiotext {command}: error: {unreachable(e)}", file=sys.stderr)
+        return FAILED
+    except AudioTextError as e:
+        print(f"audiotext {command}: error: {e}", file=sys.stderr)
+        return FAILED
+
+
+def unreachable(error: APIConnectionError) -> str:
+    return (
+        f"cannot reach the server at {error.url} ({error.reason}). Is it running "
+        "(audiotext serve)? Give its address with --base-url URL or AUDIOTEXT_BASE_URL"
+    )
+
+
+def _client(args: argparse.Namespace, *, asynchronous: bool = False) -> Any:
+    from audiotext.client import AsyncAudioTextClient, AudioTextClient
+
+    api_key = args.api_key
+    if getattr(args, "api_key_file", None) is not None:
+        try:
+            api_key = args.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise CommandError(f"cannot read --api-key-file {args.api_key_file}: {e}") from e
+    cls = AsyncAudioTextClient if asynchronous else AudioTextClient
+    return cls(
+        base_url=args.base_url,
+        api_key=api_key,
+        model=getattr(args, "model", None),
+        timeout=args.timeout,
+        normalize=not getattr(args, "no_normalize", False),
+        system_prompt=getattr(args, "system", None),
+    )
+
+
+def _audio(source: str) -> Any:
+    """The audio argument: `-` reads stdin; a folder is a mistake worth naming."""
+    if source == "-":
+        if sys.stdin.isatty():
+            raise CommandError("AUDIO is - (stdin), but stdin is a terminal: pipe a file in")
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise CommandError("AUDIO is - (stdin), but stdin was empty")
+        return data
+    if Path(source).is_dir():
+        raise CommandError(
+            f"{source} is a folder; to ask about every audio file in it: "
+            f"audiotext ask --batch {source} [TEXT] --output results.jsonl"
+        )
+    return source
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "stop": args.stop,
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def ask(args: argparse.Namespace) -> int:
+    if args.batch is not None:
+        return batch(args)
+    if args.audio is None:
+        raise CommandError("give an AUDIO file (- for stdin) or URL, or --batch")
+    if args.output or args.resume:
+        raise CommandError("--output and --resume go with --batch")
+    request = {"audio": _audio(args.audio), "text": args.text}
+    params = _params(args)
+    with _client(args) as client:
         if args.stream:
             for delta in client.stream(request, **params):
                 print(delta, end="", flush=True)
             print()
         elif args.json:
-            print(json.dumps(asdict(client.generate_result(request, **params)), ensure_ascii=False))
+            result = client.generate_result(request, **params)
+            print(json.dumps(asdict(result), ensure_ascii=False))
         else:
             print(client.generate(request, **params)["generated_text"])
     return 0
 
 
-def _batch(client: Any, args: argparse.Namespace, params: dict[str, Any]) -> int:
+def batch(args: argparse.Namespace) -> int:
+    """`ask --batch`: see `_batch`. Interrupted, it says how much is written and exits 130."""
+    from audiotext.client import _batch
+
     # With --batch the first positional, if any, is the instruction.
     text = args.text if args.text is not None else args.audio
-    requests = _read_batch(args.batch, text)
-    results = client.generate_batch(requests, concurrency=args.concurrency, **params)
-    out: TextIO = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
-    failed = 0
+    items = _batch.read_batch(args.batch, text, _params(args))
+    done: set[int] = set()
+    output: Path | None = args.output
+    if output is None:
+        if args.resume:
+            raise CommandError("--resume needs --output: the file to resume")
+    elif args.resume:
+        done = _batch.answered_in(output, items)
+        print(f"resuming: {len(done)} of {len(items)} already in {output}", file=sys.stderr)
+    elif output.exists() and output.stat().st_size and not args.overwrite:
+        raise CommandError(
+            f"{output} already holds results: --resume to finish that batch, or "
+            "--overwrite to start again"
+        )
+    todo = [item for item in items if item.index not in done]
+    out: TextIO = (
+        output.open("a" if args.resume else "w", encoding="utf-8") if output else sys.stdout
+    )
+    writer = _batch.OrderedWriter(out, written=len(done))
+    where = str(output) if output else "stdout"
     try:
-        for i, (request, result) in enumerate(zip(requests, results, strict=True)):
-            record: dict[str, Any] = {"index": i, "audio": str(request["audio"])}
-            if isinstance(result, Exception):
-                failed += 1
-                record["error"] = {"type": type(result).__name__, "message": str(result)}
-            else:
-                record.update(result)
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        stopped = asyncio.run(_run_batch(args, todo, writer, len(items)))
+    except KeyboardInterrupt:
+        stopped = signal.SIGINT
     finally:
         if out is not sys.stdout:
             out.close()
-    print(f"{len(results) - failed} answered, {failed} failed", file=sys.stderr)
-    return 1 if failed else 0
+    if stopped is not None:
+        hint = "; run it again with --resume to finish" if output else ""
+        print(f"interrupted: {writer.written} of {len(items)} written to {where}{hint}",
+              file=sys.stderr)  # fmt: skip
+        return 128 + stopped
+    answered = writer.written - writer.failed
+    print(f"{answered} answered, {writer.failed} failed, written to {where}", file=sys.stderr)
+    return FAILED if writer.failed else 0
 
 
-def _read_batch(source: Path, text: str | None) -> list[dict[str, Any]]:
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
-        if not files:
-            raise ValueError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in {source}")
-        return [{"audio": str(p), "text": text} for p in files]
-    if not source.is_file():
-        raise ValueError(f"batch file not found: {source}")
-    requests = []
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+async def _run_batch(
+    args: argparse.Namespace, todo: list[Any], writer: Any, total: int
+) -> signal.Signals | None:
+    """Run the batch; on SIGTERM (SIGINT: asyncio's own handler) cancel it and say which."""
+    from audiotext.client import _batch
+
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    stopped: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        stopped.append(sig)
+        main.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, stop, signal.SIGTERM)
+    try:
+        async with _client(args, asynchronous=True) as client:
+            await _batch.run_batch(
+                client.generate,
+                todo,
+                writer,
+                concurrency=args.concurrency,
+                progress=True,
+                total=total,
+            )
+    except asyncio.CancelledError:
+        if not stopped:
+            raise  # SIGINT: asyncio.run turns it into KeyboardInterrupt
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    return stopped[0] if stopped else None
+
+
+def transcribe(args: argparse.Namespace, task: str) -> int:
+    audio = _audio(args.audio)
+    with _client(args) as client:
+        method = client.transcribe if task == "transcribe" else client.translate
+        result = method(
+            audio,
+            language=args.language,
+            prompt=args.prompt,
+            response_format=args.format,
+            temperature=args.temperature,
+        )
+    if isinstance(result, str):
+        print(result.rstrip("\n"))
+    else:
+        print(json.dumps(asdict(result), ensure_ascii=False))
+    return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    import openai
+
+    from audiotext.client._exceptions import from_openai
+
+    with _client(args) as client:
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{source}:{number}: not JSON ({e.msg})") from None
-        if not isinstance(item, dict) or "audio" not in item:
-            raise ValueError(f"{source}:{number}: each line needs an 'audio' key")
-        audio = item["audio"]
-        if isinstance(audio, str) and "://" not in audio and not audio.startswith("data:"):
-            item["audio"] = str((source.parent / audio).resolve())
-        item.setdefault("text", text)
-        requests.append(item)
-    return requests
+            listed = client.openai.models.list()
+        except openai.OpenAIError as e:
+            raise from_openai(e, client.base_url) from e
+    if args.json:
+        print(json.dumps([m.model_dump() for m in listed.data], ensure_ascii=False))
+    else:
+        for model in listed.data:
+            print(model.id)
+    return 0
+
+
+def health(args: argparse.Namespace) -> int:
+    """GET /health: exit 0 when the server answers 200, 1 otherwise."""
+    import httpx
+
+    from audiotext.client._core import default_base_url
+    from audiotext.client._exceptions import connection_failure
+
+    base_url = (args.base_url or default_base_url(os.environ)).rstrip("/")
+    url = base_url.removesuffix("/v1") + "/health"
+    try:
+        reply = httpx.get(url, timeout=min(args.timeout, 10.0))
+    except httpx.HTTPError as e:
+        raise APIConnectionError(str(e), url=base_url, reason=connection_failure(e)) from e
+    if reply.status_code == 200:
+        print(f"ok: {url}")
+        return 0
+    print(f"unhealthy: {url} answered {reply.status_code} {reply.text.strip()[:200]}")
+    return FAILED

@@ -7,10 +7,12 @@ Everything without I/O lives in `_BaseClient` and `_core`; the twins differ only
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from types import TracebackType
 from typing import Any, TypeAlias, cast
 
@@ -21,9 +23,8 @@ from tqdm import tqdm
 
 from audiotext.client._constants import (
     API_KEY_ENV,
-    BASE_URL_ENV,
+    CONNECT_TIMEOUT_S,
     DEFAULT_API_KEY,
-    DEFAULT_BASE_URL,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT_S,
@@ -31,23 +32,52 @@ from audiotext.client._constants import (
     MODEL_ENV,
 )
 from audiotext.client._core import (
+    RESPONSE_FORMATS,
     Generation,
+    ResponseFormat,
+    Transcription,
     completion_params,
+    default_base_url,
+    merge_params,
     prepare_messages,
     split_task,
     stream_text,
     task_messages,
     to_generation,
+    with_typed_names,
 )
-from audiotext.client._exceptions import AudioTextError, InvalidAudioError, from_openai
-from audiotext.client.audio import AudioSource, PreparedAudio, is_remote_url, prepare_audio
+from audiotext.client._exceptions import (
+    AudioTextError,
+    InvalidAudioError,
+    InvalidRequestError,
+    from_openai,
+    is_unreachable,
+)
+from audiotext.client._realtime import AsyncRealtimeSession, RealtimeSession, session_update
+from audiotext.client.audio import (
+    AudioSource,
+    PreparedAudio,
+    encode_wav,
+    is_remote_url,
+    load_audio,
+    prepare_audio,
+    read_bytes,
+    sniff_mime,
+)
 
 BatchResult: TypeAlias = dict[str, Any] | AudioTextError
-_Call: TypeAlias = tuple[list[ChatCompletionMessageParam], float | None, dict[str, Any]]
+# Messages, seconds of audio the client sent (if known), create() keywords, and the
+# parameter names the caller typed where the server knows them by others.
+_Call: TypeAlias = tuple[
+    list[ChatCompletionMessageParam], float | None, dict[str, Any], dict[str, str]
+]
+# A transcription request: the audio file, its form fields.
+_Upload: TypeAlias = tuple[tuple[str, bytes, str], dict[str, Any]]
 
 
-class _NoClientErrorRetries:
-    """Retry what may pass on a second try (connection errors, 5xx, 429), never a 4xx mistake."""
+class _RetryPolicy:
+    """Retry what may pass on a second try (connection errors, 5xx, 429), never a 4xx
+    mistake, and not an address where nothing listens: that answer is immediate and final."""
 
     def _should_retry(self, response: Any) -> bool:
         if 400 <= response.status_code < 500 and response.status_code != 429:
@@ -55,12 +85,25 @@ class _NoClientErrorRetries:
         return super()._should_retry(response)  # type: ignore[misc, no-any-return]
 
 
-class _OpenAI(_NoClientErrorRetries, openai.OpenAI):
-    pass
+class _OpenAI(_RetryPolicy, openai.OpenAI):
+    def _send_request(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._send_request(request, *args, **kwargs)
+        except Exception as e:
+            # The SDK retries transport errors but passes its own errors through.
+            if is_unreachable(e):
+                raise openai.APIConnectionError(request=request) from e
+            raise
 
 
-class _AsyncOpenAI(_NoClientErrorRetries, openai.AsyncOpenAI):
-    pass
+class _AsyncOpenAI(_RetryPolicy, openai.AsyncOpenAI):
+    async def _send_request(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super()._send_request(request, *args, **kwargs)
+        except Exception as e:
+            if is_unreachable(e):
+                raise openai.APIConnectionError(request=request) from e
+            raise
 
 
 class _BaseClient:
@@ -68,8 +111,9 @@ class _BaseClient:
     except fetching remote audio when `fetch_urls` is on).
 
     Args:
-        base_url: the server's OpenAI base URL; default `$AUDIOTEXT_BASE_URL` or
-            http://localhost:8000/v1.
+        base_url: the server's OpenAI base URL; default `$AUDIOTEXT_BASE_URL`, else
+            `$AUDIOTEXT_HOST` and `$AUDIOTEXT_PORT` (as `audiotext serve` reads them),
+            else http://localhost:8000/v1.
         api_key: bearer token; default `$AUDIOTEXT_API_KEY` or "EMPTY".
         model: served model name; default `$AUDIOTEXT_MODEL`, else the server's first model.
         timeout: seconds per request.
@@ -91,7 +135,7 @@ class _BaseClient:
         fetch_urls: bool = False,
         system_prompt: str | None = None,
     ) -> None:
-        self.base_url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        self.base_url = base_url or default_base_url(os.environ)
         self.api_key = api_key or os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY
         self.model = model or os.environ.get(MODEL_ENV) or None
         self.timeout = timeout
@@ -109,15 +153,54 @@ class _BaseClient:
             source = _fetch(str(source), self.timeout)
         return prepare_audio(source, normalize=self.normalize)
 
+    def _timeout(self) -> openai.Timeout:
+        return openai.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT_S))
+
+    def _error(
+        self, error: openai.OpenAIError, typed: Mapping[str, str] | None = None
+    ) -> AudioTextError:
+        return with_typed_names(from_openai(error, self.base_url), typed or {})
+
     def _task_call(self, request: Mapping[str, Any], params: Mapping[str, Any]) -> _Call:
         inputs, request_params = split_task(request)
         messages = task_messages(inputs, self.system_prompt)
-        return self._chat_call(messages, {**request_params, **params})
+        merged, typed = merge_params(request_params, params)
+        messages_, seconds, kwargs, _ = self._chat_call(messages, merged)
+        return messages_, seconds, kwargs, typed
 
     def _chat_call(self, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> _Call:
         prepared, seconds = prepare_messages(messages, self._prepare_audio)
+        _, typed = merge_params({}, params)
         # The core builds plain dicts in the shape of OpenAI's message TypedDicts.
-        return cast(list[ChatCompletionMessageParam], prepared), seconds, completion_params(params)
+        messages_ = cast(list[ChatCompletionMessageParam], prepared)
+        return messages_, seconds, completion_params(params), typed
+
+    def _upload(
+        self,
+        audio: AudioSource,
+        language: str | None,
+        prompt: str | None,
+        response_format: ResponseFormat,
+        temperature: float,
+    ) -> _Upload:
+        """The multipart upload of a transcription or translation (audio prepared here)."""
+        if response_format not in RESPONSE_FORMATS:
+            raise InvalidRequestError(
+                f"response_format {response_format!r} is not one of {', '.join(RESPONSE_FORMATS)}"
+            )
+        if is_remote_url(audio):
+            audio = _fetch(str(audio), self.timeout)
+        if self.normalize:
+            file = ("audio.wav", encode_wav(load_audio(audio)), "audio/wav")
+        else:
+            data = read_bytes(audio)
+            file = (_file_name(audio), data, sniff_mime(data, audio))
+        fields: dict[str, Any] = {"response_format": response_format, "temperature": temperature}
+        if language:
+            fields["language"] = language
+        if prompt:
+            fields["prompt"] = prompt
+        return file, fields
 
 
 class AudioTextClient(_BaseClient):
@@ -129,12 +212,16 @@ class AudioTextClient(_BaseClient):
         return _OpenAI(
             base_url=self.base_url,
             api_key=self.api_key,
-            timeout=self.timeout,
+            timeout=self._timeout(),
             max_retries=self.max_retries,
         )
 
     def generate(self, request: Mapping[str, Any], **params: Any) -> dict[str, Any]:
-        """`{"audio": ..., "text": ...}` -> `{"generated_text": ...}`."""
+        """`{"audio": ..., "text": ...}` -> `{"generated_text": ...}`.
+
+        `params` (max_new_tokens, temperature, ...) apply where the request's own
+        `parameters` do not say otherwise.
+        """
         return self.generate_result(request, **params).to_dict()
 
     def generate_result(self, request: Mapping[str, Any], **params: Any) -> Generation:
@@ -146,8 +233,8 @@ class AudioTextClient(_BaseClient):
         return self._complete(self._chat_call(messages, params))
 
     def stream(self, request: Mapping[str, Any], **params: Any) -> Iterator[str]:
-        """Yield the answer's text as it is generated."""
-        messages, _, kwargs = self._task_call(request, params)
+        """Yield the answer's text as it is generated (never an empty piece)."""
+        messages, _, kwargs, typed = self._task_call(request, params)
         try:
             chunks = self.openai.chat.completions.create(
                 model=self._model(),
@@ -156,9 +243,10 @@ class AudioTextClient(_BaseClient):
                 **kwargs,
             )
             for chunk in cast(openai.Stream[Any], chunks):
-                yield stream_text(chunk)
+                if text := stream_text(chunk):
+                    yield text
         except openai.OpenAIError as e:
-            raise from_openai(e) from e
+            raise self._error(e, typed) from e
 
     def generate_batch(
         self,
@@ -186,6 +274,77 @@ class AudioTextClient(_BaseClient):
                 future.add_done_callback(lambda _: bar.update(1))
             return [f.result() for f in futures]
 
+    def transcribe(
+        self,
+        audio: AudioSource,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: ResponseFormat = "json",
+        temperature: float = 0.0,
+    ) -> Transcription | str:
+        """The speech in `audio`, word for word (`/v1/audio/transcriptions`).
+
+        Args:
+            audio: any audio source `generate` takes (http(s) URLs are downloaded here).
+            language: the language of the speech, e.g. "en" (a hint for the model).
+            prompt: context: earlier text, names, spelling.
+            response_format: `json` or `verbose_json` (with timed `segments`) give a
+                `Transcription`; `text`, `srt` and `vtt` give the server's text.
+            temperature: 0 for greedy decoding.
+        """
+        upload = self._upload(audio, language, prompt, response_format, temperature)
+        return self._speech("transcriptions", upload)
+
+    def translate(
+        self,
+        audio: AudioSource,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: ResponseFormat = "json",
+        temperature: float = 0.0,
+    ) -> Transcription | str:
+        """The speech in `audio`, translated into English (`/v1/audio/translations`).
+
+        Arguments as for `transcribe`; `language` is the language spoken.
+        """
+        upload = self._upload(audio, language, prompt, response_format, temperature)
+        return self._speech("translations", upload)
+
+    @contextmanager
+    def realtime(
+        self,
+        *,
+        instructions: str | None = None,
+        turn_detection: bool = True,
+        silence_duration_ms: int = 500,
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Iterator[RealtimeSession]:
+        """A realtime session (`/v1/realtime`) over the OpenAI SDK's realtime client.
+
+        Args:
+            instructions: the system turn of the conversation.
+            turn_detection: the server's VAD cuts turns and answers each (else `commit()`
+                and `respond()`).
+            silence_duration_ms: silence that ends a turn.
+            max_output_tokens: per answer (None: what the context leaves).
+            temperature: sampling temperature (None: the model's default).
+        """
+        update = session_update(
+            instructions=instructions, turn_detection=turn_detection,
+            silence_duration_ms=silence_duration_ms, max_output_tokens=max_output_tokens,
+            temperature=temperature,
+        )  # fmt: skip
+        with self.openai.realtime.connect(model=self._model()) as connection:
+            connection.send(cast(Any, update))
+            for event in connection:
+                _check_opening(event)
+                if event.type == "session.updated":
+                    break
+            yield RealtimeSession(connection, silence_duration_ms if turn_detection else None)
+
     def close(self) -> None:
         self.openai.close()
 
@@ -205,20 +364,31 @@ class AudioTextClient(_BaseClient):
             try:
                 self.model = self.openai.models.list().data[0].id
             except openai.OpenAIError as e:
-                raise from_openai(e) from e
+                raise self._error(e) from e
         return self.model
 
     def _complete(self, call: _Call) -> Generation:
-        messages, seconds, kwargs = call
+        messages, seconds, kwargs, typed = call
         try:
-            completion = self.openai.chat.completions.create(
+            raw = self.openai.chat.completions.with_raw_response.create(
                 model=self._model(),
                 messages=messages,
                 **kwargs,
             )
+            completion = raw.parse()
         except openai.OpenAIError as e:
-            raise from_openai(e) from e
-        return to_generation(completion, seconds)
+            raise self._error(e, typed) from e
+        return to_generation(completion, seconds, raw.headers.get("x-audio-seconds"))
+
+    def _speech(self, route: str, upload: _Upload) -> Transcription | str:
+        file, fields = upload
+        resource = getattr(self.openai.audio, route)
+        fields = _form_fields(route, fields)
+        try:
+            raw = resource.with_raw_response.create(model=self._model(), file=file, **fields)
+        except openai.OpenAIError as e:
+            raise self._error(e) from e
+        return _speech_result(fields["response_format"], raw.http_response.text)
 
 
 class AsyncAudioTextClient(_BaseClient):
@@ -230,12 +400,16 @@ class AsyncAudioTextClient(_BaseClient):
         return _AsyncOpenAI(
             base_url=self.base_url,
             api_key=self.api_key,
-            timeout=self.timeout,
+            timeout=self._timeout(),
             max_retries=self.max_retries,
         )
 
     async def generate(self, request: Mapping[str, Any], **params: Any) -> dict[str, Any]:
-        """`{"audio": ..., "text": ...}` -> `{"generated_text": ...}`."""
+        """`{"audio": ..., "text": ...}` -> `{"generated_text": ...}`.
+
+        `params` (max_new_tokens, temperature, ...) apply where the request's own
+        `parameters` do not say otherwise.
+        """
         return (await self.generate_result(request, **params)).to_dict()
 
     async def generate_result(self, request: Mapping[str, Any], **params: Any) -> Generation:
@@ -247,8 +421,8 @@ class AsyncAudioTextClient(_BaseClient):
         return await self._complete(await asyncio.to_thread(self._chat_call, messages, params))
 
     async def stream(self, request: Mapping[str, Any], **params: Any) -> AsyncIterator[str]:
-        """Yield the answer's text as it is generated."""
-        messages, _, kwargs = await asyncio.to_thread(self._task_call, request, params)
+        """Yield the answer's text as it is generated (never an empty piece)."""
+        messages, _, kwargs, typed = await asyncio.to_thread(self._task_call, request, params)
         try:
             chunks = await self.openai.chat.completions.create(
                 model=await self._model(),
@@ -257,9 +431,10 @@ class AsyncAudioTextClient(_BaseClient):
                 **kwargs,
             )
             async for chunk in cast(openai.AsyncStream[Any], chunks):
-                yield stream_text(chunk)
+                if text := stream_text(chunk):
+                    yield text
         except openai.OpenAIError as e:
-            raise from_openai(e) from e
+            raise self._error(e, typed) from e
 
     async def generate_batch(
         self,
@@ -285,6 +460,66 @@ class AsyncAudioTextClient(_BaseClient):
 
             return list(await asyncio.gather(*(one(r) for r in items)))
 
+    async def transcribe(
+        self,
+        audio: AudioSource,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: ResponseFormat = "json",
+        temperature: float = 0.0,
+    ) -> Transcription | str:
+        """The speech in `audio`, word for word (`/v1/audio/transcriptions`).
+
+        Arguments as for `AudioTextClient.transcribe`.
+        """
+        upload = await asyncio.to_thread(
+            self._upload, audio, language, prompt, response_format, temperature
+        )
+        return await self._speech("transcriptions", upload)
+
+    async def translate(
+        self,
+        audio: AudioSource,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: ResponseFormat = "json",
+        temperature: float = 0.0,
+    ) -> Transcription | str:
+        """The speech in `audio`, translated into English (`/v1/audio/translations`).
+
+        Arguments as for `AudioTextClient.transcribe`.
+        """
+        upload = await asyncio.to_thread(
+            self._upload, audio, language, prompt, response_format, temperature
+        )
+        return await self._speech("translations", upload)
+
+    @asynccontextmanager
+    async def realtime(
+        self,
+        *,
+        instructions: str | None = None,
+        turn_detection: bool = True,
+        silence_duration_ms: int = 500,
+        max_output_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncIterator[AsyncRealtimeSession]:
+        """A realtime session (`/v1/realtime`); arguments as for `AudioTextClient.realtime`."""
+        update = session_update(
+            instructions=instructions, turn_detection=turn_detection,
+            silence_duration_ms=silence_duration_ms, max_output_tokens=max_output_tokens,
+            temperature=temperature,
+        )  # fmt: skip
+        async with self.openai.realtime.connect(model=await self._model()) as connection:
+            await connection.send(cast(Any, update))
+            async for event in connection:
+                _check_opening(event)
+                if event.type == "session.updated":
+                    break
+            yield AsyncRealtimeSession(connection, silence_duration_ms if turn_detection else None)
+
     async def close(self) -> None:
         await self.openai.close()
 
@@ -304,24 +539,71 @@ class AsyncAudioTextClient(_BaseClient):
             try:
                 self.model = (await self.openai.models.list()).data[0].id
             except openai.OpenAIError as e:
-                raise from_openai(e) from e
+                raise self._error(e) from e
         return self.model
 
     async def _complete(self, call: _Call) -> Generation:
-        messages, seconds, kwargs = call
+        messages, seconds, kwargs, typed = call
         try:
-            completion = await self.openai.chat.completions.create(
+            raw = await self.openai.chat.completions.with_raw_response.create(
                 model=await self._model(),
                 messages=messages,
                 **kwargs,
             )
+            completion = raw.parse()  # with_raw_response: the body is already read
         except openai.OpenAIError as e:
-            raise from_openai(e) from e
-        return to_generation(completion, seconds)
+            raise self._error(e, typed) from e
+        return to_generation(completion, seconds, raw.headers.get("x-audio-seconds"))
+
+    async def _speech(self, route: str, upload: _Upload) -> Transcription | str:
+        file, fields = upload
+        resource = getattr(self.openai.audio, route)
+        fields = _form_fields(route, fields)
+        try:
+            raw = await resource.with_raw_response.create(
+                model=await self._model(), file=file, **fields
+            )
+        except openai.OpenAIError as e:
+            raise self._error(e) from e
+        return _speech_result(fields["response_format"], raw.http_response.text)
 
 
-def _progress(total: int, enabled: bool) -> tqdm[Any]:
-    return tqdm(total=total, disable=not enabled, unit="req", file=sys.stderr, dynamic_ncols=True)
+def _check_opening(event: Any) -> None:
+    """Refuse a session the server refused while opening it (a bad setting, the limits)."""
+    if event.type == "error":
+        raise InvalidRequestError(f"the realtime session was refused: {event.error.message}")
+
+
+def _form_fields(route: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI SDK's translation call has no `language`; audiotext's route takes it."""
+    if route == "translations" and "language" in fields:
+        fields = dict(fields)
+        fields["extra_body"] = {"language": fields.pop("language")}
+    return fields
+
+
+def _speech_result(response_format: str, body: str) -> Transcription | str:
+    if response_format in ("json", "verbose_json"):
+        return Transcription.from_json(json.loads(body))
+    return body
+
+
+def _file_name(source: AudioSource) -> str:
+    name = getattr(source, "name", source)
+    if isinstance(name, str | os.PathLike) and not str(name).startswith("data:"):
+        return os.path.basename(os.fspath(name)) or "audio"
+    return "audio"
+
+
+def _progress(total: int, enabled: bool, initial: int = 0) -> tqdm[Any]:
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        unit="req",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 def _fetch(url: str, timeout: float) -> bytes:

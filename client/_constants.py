@@ -2,12 +2,18 @@
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
 BASE_URL_ENV = "AUDIOTEXT_BASE_URL"
+# `audiotext serve` listens where these say; without a base URL the client goes there too.
+HOST_ENV = "AUDIOTEXT_HOST"
+PORT_ENV = "AUDIOTEXT_PORT"
+DEFAULT_PORT = 8000
 API_KEY_ENV = "AUDIOTEXT_API_KEY"
 MODEL_ENV = "AUDIOTEXT_MODEL"
 # vLLM's server accepts any key unless started with --api-key.
 DEFAULT_API_KEY = "EMPTY"
 
 DEFAULT_TIMEOUT_S = 600.0
+# A server that does not accept the connection within this is not coming.
+CONNECT_TIMEOUT_S = 10.0
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_NEW_TOKENS = 256

@@ -15,6 +15,8 @@ AudioTextError
 
 from __future__ import annotations
 
+import socket
+
 import openai
 
 
@@ -47,7 +49,16 @@ class APIError(AudioTextError):
 
 
 class APIConnectionError(APIError):
-    """The server could not be reached, or did not answer in time."""
+    """The server could not be reached, or did not answer in time.
+
+    `url` is the base URL tried; `reason` says what happened ("connection refused",
+    "host not found", "timed out", ...).
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.reason = reason
 
 
 class APIStatusError(APIError):
@@ -76,8 +87,13 @@ class ServerError(APIStatusError):
     """The server failed (5xx)."""
 
 
-def from_openai(error: openai.OpenAIError) -> AudioTextError:
-    """Translate an OpenAI SDK error into this tree (the caller chains it with `from`)."""
+def from_openai(error: openai.OpenAIError, base_url: str | None = None) -> AudioTextError:
+    """Translate an OpenAI SDK error into this tree (the caller chains it with `from`).
+
+    Args:
+        error: what the OpenAI SDK raised.
+        base_url: the server's address, named in connection errors.
+    """
     if isinstance(error, openai.APIStatusError):
         status = error.status_code
         cls: type[APIStatusError]
@@ -91,8 +107,38 @@ def from_openai(error: openai.OpenAIError) -> AudioTextError:
             cls = BadRequestError
         return cls(_server_message(error), status_code=status, body=error.body)
     if isinstance(error, openai.APIConnectionError):
-        return APIConnectionError(str(error))
+        reason = connection_failure(error)
+        where = f" at {base_url}" if base_url else ""
+        return APIConnectionError(
+            f"cannot reach the server{where} ({reason}); is it running? Set base_url or "
+            "AUDIOTEXT_BASE_URL to change the address",
+            url=base_url,
+            reason=reason,
+        )
     return APIError(str(error))
+
+
+def connection_failure(error: BaseException) -> str:
+    """Why a connection failed, in a few words, from the exception's chain of causes."""
+    if isinstance(error, openai.APITimeoutError):
+        return "timed out"
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, socket.gaierror):
+            return "host not found"
+        if isinstance(seen, ConnectionResetError):
+            return "connection reset"
+        if isinstance(seen, TimeoutError):
+            return "timed out"
+        seen = seen.__cause__ or seen.__context__
+    return str(error).rstrip(".").lower() or "connection error"
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """True when retrying cannot help soon: nothing listens there, or no such host."""
+    return connection_failure(error) in ("connection refused", "host not found")
 
 
 def _server_message(error: openai.APIStatusError) -> str:

@@ -86,7 +86,7 @@ def prepare_audio(source: AudioSource, *, normalize: bool = True) -> PreparedAud
     if not normalize:
         url = f"data:{sniff_mime(data, source)};base64,{base64.b64encode(data).decode()}"
         return PreparedAudio({"type": "audio_url", "audio_url": {"url": url}}, None)
-    samples, rate = decode(data)
+    samples, rate = _decode_source(data, source)
     return _wav_part(samples, rate, normalize)
 
 
@@ -95,8 +95,18 @@ def load_audio(source: AudioSource) -> Samples:
     if isinstance(source, np.ndarray | tuple | Mapping):
         samples, rate = _array_and_rate(source)
     else:
-        samples, rate = decode(read_bytes(source))
+        samples, rate = _decode_source(read_bytes(source), source)
     return to_model_rate(samples, rate)
+
+
+def _decode_source(data: bytes, source: object) -> tuple[npt.NDArray[np.float32], int]:
+    """`decode`, with a file's name in the error when the source is a path."""
+    try:
+        return decode(data)
+    except InvalidAudioError as e:
+        if isinstance(source, str | os.PathLike) and not str(source).startswith("data:"):
+            raise InvalidAudioError(f"{os.fspath(source)}: {e}") from e
+        raise
 
 
 def read_bytes(source: AudioSource) -> bytes:
@@ -107,6 +117,8 @@ def read_bytes(source: AudioSource) -> bytes:
         return _data_url_bytes(source)
     if isinstance(source, str | os.PathLike):
         path = Path(source).expanduser()
+        if path.is_dir():
+            raise InvalidAudioError(f"{path} is a folder, not an audio file")
         if not path.is_file():
             raise InvalidAudioError(f"audio file not found: {path}")
         return path.read_bytes()
@@ -241,7 +253,10 @@ def _decode_with_pyav(
                 frames += chunks[-1].shape[1]
                 _check_length(frames / (rate or 1), max_seconds)
     except av.error.FFmpegError as e:
-        raise InvalidAudioError(f"could not decode audio: not a supported format ({e})") from e
+        raise InvalidAudioError(
+            "could not decode: not audio, or not a format audiotext reads "
+            f"(WAV, FLAC, MP3, OGG/Opus, M4A/AAC, WebM, ...); FFmpeg said: {e.strerror or e}"
+        ) from e
     if not chunks:
         raise InvalidAudioError("audio is empty (no samples decoded)")
     return np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False), int(rate)

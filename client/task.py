@@ -18,7 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from audiotext.client._constants import DEFAULT_MAX_NEW_TOKENS
 from audiotext.client._exceptions import InvalidRequestError
 
-__all__ = ["TaskInputs", "TaskRequest", "completion_params", "parse_task"]
+__all__ = [
+    "TaskInputs",
+    "TaskRequest",
+    "api_name",
+    "canonical_params",
+    "completion_params",
+    "parse_task",
+]
 
 _AUDIO_SCHEMA: Any = {
     "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
@@ -31,6 +38,12 @@ _OPENAI_PARAMS = frozenset(
      "frequency_penalty", "logprobs", "top_logprobs", "user"}
 )  # fmt: skip
 _ALIASES = {"max_new_tokens": "max_tokens", "max_completion_tokens": "max_tokens"}
+# The task's own spelling of the parameters that have several.
+_TASK_NAMES = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens"}
+# Names a request may carry by mistake at the top level instead of in `parameters`.
+_PARAMETER_NAMES = _OPENAI_PARAMS | _ALIASES.keys() | {
+    "top_k", "do_sample", "repetition_penalty", "min_p", "min_new_tokens"
+}  # fmt: skip
 
 
 class TaskInputs(BaseModel):
@@ -97,11 +110,25 @@ def validation_message(error: ValidationError) -> str:
     for problem in error.errors():
         where = ".".join(str(p) for p in problem["loc"])
         if problem["type"] == "extra_forbidden":
-            lines.append(f"unknown request key: {where}")
+            hint = ""
+            if where in _PARAMETER_NAMES:
+                hint = f' (generation parameters go in "parameters": {{"{where}": ...}})'
+            lines.append(f"unknown request key: {where}{hint}")
         else:
             message = str(problem["msg"]).removeprefix("Value error, ")
             lines.append(f"{where}: {message}" if where else message)
     return "; ".join(lines)
+
+
+def api_name(key: str) -> str:
+    """The name the OpenAI API and vLLM know a parameter by (`max_new_tokens` -> `max_tokens`)."""
+    return _ALIASES.get(key, key)
+
+
+def canonical_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters under the task's names (`max_tokens` -> `max_new_tokens`), unset ones
+    dropped, so that two sets of them merge with `{**defaults, **overrides}`."""
+    return {_TASK_NAMES.get(k, k): v for k, v in params.items() if v is not None}
 
 
 def completion_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,14 +1,17 @@
-"""Built-in Qwen2-Audio checkpoints: the real architecture, scaled down, with random weights.
+"""Built-in Qwen2-Audio checkpoints: the real architecture, scaled down.
 
-They let the whole serving path (audio decoding, features, encoder, batching, API) run on
-a machine that cannot download the real model. Their words are meaningless. The same
-size and seed always give the same files, laid out as the official checkpoint
-(`audio_tower.*`, `multi_modal_projector.*`, `language_model.model.*`,
-`language_model.lm_head.*`), so vLLM and transformers both load them.
+`tiny` and `bench` have random weights: they let the whole serving path (audio decoding,
+features, encoder, batching, API) run on a machine that cannot download the real model.
+Their words are meaningless. The same size and seed always give the same files, laid out
+as the official checkpoint (`audio_tower.*`, `multi_modal_projector.*`,
+`language_model.model.*`, `language_model.lm_head.*`), so vLLM and transformers both load
+them. `listening` was trained here on synthetic speech (`audiotext.server.listening`) and
+is committed whole; building it copies it to the cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -71,6 +74,12 @@ SIZES: dict[str, Size] = {
 }
 
 
+# Trained built-in checkpoints, committed whole (weights, tokenizer, configs).
+TRAINED: dict[str, Path] = {"listening": Path(__file__).parent / "listening" / "checkpoint"}
+# Every name `--model` accepts as a built-in checkpoint.
+BUILTIN = (*SIZES, *TRAINED)
+
+
 def cache_dir() -> Path:
     """Where built checkpoints live: `$AUDIOTEXT_CACHE_DIR` or `~/.cache/audiotext`."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "audiotext"
@@ -79,6 +88,10 @@ def cache_dir() -> Path:
 
 def builtin_path(size: str, seed: int = DEFAULT_SEED) -> Path:
     """The folder a built-in checkpoint is (or will be) built into."""
+    if size in TRAINED:
+        # Named after the committed weights, so a retrained checkpoint is copied anew.
+        digest = hashlib.sha256((TRAINED[size] / "model.safetensors").read_bytes()).hexdigest()
+        return cache_dir() / "checkpoints" / f"{size}-{digest[:12]}"
     return cache_dir() / "checkpoints" / f"{size}-seed{seed}-v{RECIPE_VERSION}"
 
 
@@ -96,17 +109,16 @@ def build(size: str, out: Path, seed: int = DEFAULT_SEED) -> Path:
 
     The folder appears whole or not at all: it is built beside `out` and renamed.
     """
-    if size not in SIZES:
-        raise ValueError(f"unknown checkpoint size {size!r}; choose one of {', '.join(SIZES)}")
+    if size not in BUILTIN:
+        raise ValueError(f"unknown checkpoint size {size!r}; choose one of {', '.join(BUILTIN)}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        tokenizer = _train_tokenizer()
-        _save_processor(tokenizer, staging)
-        config = _model_config(SIZES[size], tokenizer)
-        _save_configs(config, staging)
-        _save_weights(config, seed, staging)
+        if size in TRAINED:
+            shutil.copytree(TRAINED[size], staging, dirs_exist_ok=True)
+        else:
+            _build_random(size, staging, seed)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -115,7 +127,16 @@ def build(size: str, out: Path, seed: int = DEFAULT_SEED) -> Path:
     return out
 
 
-def _train_tokenizer() -> Any:
+def _build_random(size: str, staging: Path, seed: int) -> None:
+    tokenizer = train_tokenizer()
+    save_processor(tokenizer, staging)
+    config = model_config(SIZES[size], tokenizer)
+    save_configs(config, staging)
+    _save_weights(config, seed, staging)
+
+
+def train_tokenizer(lines: list[str] | None = None, vocab_size: int = VOCAB_SIZE) -> Any:
+    """Qwen2-style byte-level BPE with Qwen2-Audio's special tokens, trained on `lines`."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -126,11 +147,13 @@ def _train_tokenizer() -> Any:
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(SPECIAL_TOKENS),
+        vocab_size=vocab_size - len(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS.read_text(encoding="utf-8").splitlines(), trainer)
+    if lines is None:
+        lines = CORPUS.read_text(encoding="utf-8").splitlines()
+    tok.train_from_iterator(lines, trainer)
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -141,7 +164,8 @@ def _train_tokenizer() -> Any:
     )
 
 
-def _save_processor(tokenizer: Any, out: Path) -> None:
+def save_processor(tokenizer: Any, out: Path) -> None:
+    """Write the tokenizer, the Whisper feature extractor and the chat template."""
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
     features = WhisperFeatureExtractor(
@@ -155,7 +179,8 @@ def _save_processor(tokenizer: Any, out: Path) -> None:
     processor.save_pretrained(out)
 
 
-def _model_config(size: Size, tokenizer: Any) -> Any:
+def model_config(size: Size, tokenizer: Any, vocab_size: int = VOCAB_SIZE) -> Any:
+    """The Qwen2-Audio configuration of a size, with the tokenizer's special-token ids."""
     from transformers import Qwen2AudioConfig
 
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
@@ -169,7 +194,7 @@ def _model_config(size: Size, tokenizer: Any) -> Any:
             "max_source_positions": 1500,
         },
         text_config={
-            "vocab_size": VOCAB_SIZE,
+            "vocab_size": vocab_size,
             "hidden_size": size.hidden,
             "num_hidden_layers": size.layers,
             "num_attention_heads": size.heads,
@@ -189,7 +214,9 @@ def _model_config(size: Size, tokenizer: Any) -> Any:
     return config
 
 
-def _save_configs(config: Any, out: Path) -> None:
+def save_configs(config: Any, out: Path, dtype: str = "float32") -> None:
+    """Write config.json (weights stored as `dtype`) and generation_config.json."""
+    config.dtype = dtype
     config.save_pretrained(out)
     eos = [config.text_config.eos_token_id, config.text_config.bos_token_id]
     generation = {
@@ -202,7 +229,7 @@ def _save_configs(config: Any, out: Path) -> None:
 
 def parameter_shapes(size: str) -> dict[str, tuple[int, ...]]:
     """Parameter names (official layout) and shapes of a built-in size, without building it."""
-    return _official_shapes(_model_config(SIZES[size], _train_tokenizer()))
+    return _official_shapes(model_config(SIZES[size], train_tokenizer()))
 
 
 def _save_weights(config: Any, seed: int, out: Path) -> None:
@@ -216,11 +243,21 @@ def _save_weights(config: Any, seed: int, out: Path) -> None:
     for name in sorted(shapes):
         shape = shapes[name]
         if name.endswith("embed_positions.weight"):
-            tensors[name] = _sinusoids(*shape)
+            tensors[name] = sinusoids(*shape)
         elif "norm" in name:
             tensors[name] = torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
         else:
             tensors[name] = torch.randn(shape, generator=generator) * std
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def save_trained_weights(model: Any, out: Path, dtype: Any) -> None:
+    """Write a transformers Qwen2-Audio model's weights in the official layout as `dtype`."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        official_key(k): v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()
+    }
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -231,10 +268,11 @@ def _official_shapes(config: Any) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):
         model = Qwen2AudioForConditionalGeneration(config)
-    return {_official_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    return {official_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _official_key(key: str) -> str:
+def official_key(key: str) -> str:
+    """The official checkpoint's name for a transformers 5 parameter name."""
     # transformers 5 nests the language model as `model.language_model.*`.
     for prefix, official in (
         ("model.audio_tower.", "audio_tower."),
@@ -247,7 +285,7 @@ def _official_key(key: str) -> str:
     raise ValueError(f"unexpected parameter {key}")
 
 
-def _sinusoids(length: int, channels: int) -> Any:
+def sinusoids(length: int, channels: int) -> Any:
     """Whisper's fixed sinusoidal position embeddings."""
     import torch
 

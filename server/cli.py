@@ -1,4 +1,5 @@
-"""The `audiotext` command: `serve`, `model`, `ask`, `demo`, `bench`.
+"""The `audiotext` command: `serve`, `model`, `demo`, `bench`, and the client commands
+`ask`, `transcribe`, `translate`, `models`, `health`.
 
 Heavy modules (vLLM, torch, transformers) are imported inside the commands, so `--help`
 and `serve --dry-run` answer at once.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,23 +43,84 @@ def build_parser() -> argparse.ArgumentParser:
     model = commands.add_parser("model", help="built-in checkpoints")
     model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     build = model_commands.add_parser(
-        "build", help="build a random-weight Qwen2-Audio checkpoint (deterministic)"
+        "build",
+        help="put a built-in checkpoint in the cache: random-weight tiny or bench "
+        "(deterministic), or the trained listening checkpoint",
     )
-    build.add_argument("--size", choices=sorted(checkpoint.SIZES), default="tiny")
+    build.add_argument("--size", choices=sorted(checkpoint.BUILTIN), default="tiny")
     build.add_argument("--seed", type=int, default=checkpoint.DEFAULT_SEED)
     build.add_argument("--out", type=Path, help="folder to write (default: the cache)")
 
-    from audiotext.client._cli import add_cli_args as add_ask_args
-
-    ask = commands.add_parser(
-        "ask",
-        help="ask a running server about audio",
-        description="Send audio and an optional instruction to a running server; print the answer.",
+    train = model_commands.add_parser(
+        "train",
+        help="train the listening checkpoint on synthetic speech (CPU, about 45 minutes)",
+        description="Speak the grammar's clips with espeak-ng and train the listening "
+        "checkpoint; the committed one came from the defaults.",
     )
-    add_ask_args(ask)
+    train.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    train.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's)")
+    train.add_argument("--clips", type=int, help="clips to speak (default: the recipe's)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    train.add_argument(
+        "--init", type=Path, help="continue from this listening checkpoint's weights"
+    )
+
+    sentences = model_commands.add_parser(
+        "sentences",
+        help="print evaluation cases as JSON lines (text, voice, instruction, answer)",
+        description="Cases drawn from the listening grammar: speak `text` with espeak-ng "
+        "in `voice` (at `rate` words per minute and `pitch`), or synthesise `sound`, "
+        "ask `instruction` (null: the audio is the question) and expect `answer`.",
+    )
+    sentences.add_argument("--size", choices=sorted(checkpoint.TRAINED), default="listening")
+    sentences.add_argument(
+        "--held-out", action="store_true", help="held-out voices and sentences (else training)"
+    )
+    sentences.add_argument("--count", type=int, default=20)
+    sentences.add_argument("--seed", type=int, default=0)
+
+    score = model_commands.add_parser(
+        "score",
+        help="score a server serving the listening checkpoint on fresh held-out cases",
+        description="Speak --count held-out cases (question types in turn) with espeak-ng, "
+        "ask the server, and print WER, accuracy per type and the misses as JSON.",
+    )
+    score.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    score.add_argument("--model", help="served model name (default: the server's first)")
+    score.add_argument("--count", type=int, default=140)
+    score.add_argument("--seed", type=int, default=0)
+    score.add_argument("--concurrency", type=int, default=8)
+
+    from audiotext.client import _cli as client_cli
+
+    client_commands = {
+        "ask": (
+            client_cli.add_ask_args,
+            "ask a running server about audio",
+            "Send audio and an optional instruction to a running server; print the answer. "
+            "With --batch, many at once, written as they complete.",
+        ),
+        "transcribe": (
+            client_cli.add_transcribe_args,
+            "transcribe speech with a running server",
+            "The speech in an audio file, word for word (/v1/audio/transcriptions); "
+            "verbose_json, srt and vtt carry timed segments.",
+        ),
+        "translate": (
+            client_cli.add_transcribe_args,
+            "translate speech into English with a running server",
+            "The speech in an audio file, in English (/v1/audio/translations).",
+        ),
+        "models": (client_cli.add_models_args, "list a server's models", None),
+        "health": (client_cli.add_health_args, "check that a server is up (exit 0 if so)", None),
+    }
+    for name, (add_args, help_text, description) in client_commands.items():
+        sub = commands.add_parser(name, help=help_text, description=description or help_text)
+        add_args(sub)
 
     demo = commands.add_parser(
-        "demo", help="start a server on the tiny checkpoint, ask one question, stop"
+        "demo", help="start a server on the listening checkpoint, ask one question, stop"
     )
     demo.add_argument("--audio", type=Path, required=True, help="speech file to send")
     demo.add_argument("--text", default="What does the person say?")
@@ -70,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare audiotext with stock vLLM, transformers and the raw loop "
         "(bench --help for options)",
     )
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -99,7 +164,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         argv, passthrough = argv[:cut], argv[cut + 1 :]
     args, unknown = parser.parse_known_args(argv)
     if args.command not in ("serve", "bench") and (unknown or passthrough):
-        parser.error(f"unrecognized arguments: {' '.join(unknown + passthrough)}")
+        # The command's own usage, not the top level's: that is the one to read.
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown + passthrough)}")
     return args, unknown + passthrough
 
 
@@ -111,26 +177,23 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
             shown = {"env": invocation.redacted_env(), "argv": invocation.redacted_argv()}
             print(json.dumps(shown, indent=2))
             return 0
-        from audiotext.server.launcher import LaunchError, serve
+        from audiotext.server.launcher import LaunchError, check_model, serve
+        from audiotext.server.supervisor import CHILD_ENV, Supervisor
 
         try:
-            serve(config)
+            if os.environ.get(CHILD_ENV):
+                serve(config)
+                return 0
+            check_model(config)
         except LaunchError as e:
             raise UsageError(str(e)) from e
-        return 0
+        return Supervisor(config).run()
     if args.command == "model":
-        out = args.out or checkpoint.builtin_path(args.size, args.seed)
-        print(checkpoint.build(args.size, out, seed=args.seed))
-        return 0
-    if args.command == "ask":
-        from audiotext.client import AudioTextError
-        from audiotext.client._cli import main as ask_main
+        return _model(args)
+    if args.command in ("ask", "transcribe", "translate", "models", "health"):
+        from audiotext.client._cli import run
 
-        try:
-            return ask_main(args)
-        except AudioTextError as e:
-            print(f"audiotext ask: error: {e}", file=sys.stderr)
-            return 1
+        return run(args.command, args)
     if args.command == "demo":
         from audiotext.server.demo import run_demo
 
@@ -148,6 +211,39 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         bench.main(parser.parse_args(extra))
         return 0
     raise UsageError(f"unknown command {args.command}")
+
+
+def _model(args: argparse.Namespace) -> int:
+    if args.model_command == "build":
+        out = args.out or checkpoint.builtin_path(args.size, args.seed)
+        print(checkpoint.build(args.size, out, seed=args.seed))
+    elif args.model_command == "train":
+        import dataclasses
+
+        from audiotext.server.listening import train
+
+        changes = {"steps": args.steps, "clips": args.clips, "seed": args.seed, "lr": args.lr}
+        recipe = dataclasses.replace(
+            train.Recipe(), **{k: v for k, v in changes.items() if v is not None}
+        )
+        print(train.train(args.out, recipe, init=args.init))
+    elif args.model_command == "sentences":
+        from audiotext.server.listening import cases
+
+        split: cases.Split = "held_out" if args.held_out else "train"
+        for case in cases.cases(split, args.count, args.seed):
+            print(json.dumps(case.as_json(), ensure_ascii=False))
+    elif args.model_command == "score":
+        import os
+
+        from audiotext.server.listening.score import score_server
+
+        api_key = os.environ.get("AUDIOTEXT_API_KEY")
+        result = score_server(
+            args.base_url, args.count, args.seed, args.model, api_key, args.concurrency
+        )
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
 
 
 if __name__ == "__main__":

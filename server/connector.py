@@ -96,7 +96,9 @@ class AudioTextMediaConnector(MediaConnector):
             return read_local(self.policy, url)
         scheme = url.partition(":")[0] if ":" in url else "none"
         raise request_error(
-            f"audio URLs must be http(s), data: or file:, not {scheme}", param="audio_url"
+            f"audio URLs must be http(s), data: or file:, not {scheme}",
+            param="audio_url",
+            reason="ssrf",
         )
 
 
@@ -131,19 +133,20 @@ def data_url_bytes(url: str) -> bytes:
     header, sep, payload = url[5:].partition(",")
     media_type, _, encoding = header.rpartition(";")
     if not sep or encoding != "base64":
-        raise request_error("audio data URLs must be base64", param="audio_url")
+        raise request_error("audio data URLs must be base64", param="audio_url", reason="bad_audio")
     media_type = media_type.partition(";")[0].strip().lower()
     if media_type.startswith("audio/") and media_type[6:] not in AUDIO_SUBTYPES:
         raise request_error(
             f"audio format {media_type[6:]!r} is not supported; send one of wav, mp3, flac, "
             "ogg, opus, m4a, mp4, webm, aac",
             param="input_audio.format",
+            reason="bad_audio",
         )
     if not payload:
-        raise request_error("the audio data is empty", param="input_audio.data")
+        raise request_error("the audio data is empty", param="input_audio.data", reason="bad_audio")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as e:
         raise request_error(
-            f"the audio data is not valid base64: {e}", param="input_audio.data"
+            f"the audio data is not valid base64: {e}", param="input_audio.data", reason="bad_audio"
         ) from e

@@ -1,4 +1,4 @@
-"""`audiotext demo`: the task's example request against a real server on the tiny checkpoint."""
+"""`audiotext demo`: the task's example request to a real server on the listening checkpoint."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from audiotext.server.launcher import LaunchError, ServerProcess, free_port
 logger = logging.getLogger(__name__)
 
 
-def run_demo(audio: Path, text: str | None, model: str = "tiny") -> dict[str, Any]:
+def run_demo(audio: Path, text: str | None, model: str = "listening") -> dict[str, Any]:
     """Start a server, send `{"audio": audio, "text": text}`, stop it; return the answer."""
     if not audio.is_file():
         raise ValueError(f"audio file not found: {audio}")

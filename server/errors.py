@@ -1,6 +1,6 @@
 """The server's errors and the one place their HTTP bodies are built.
 
-AudioRequestError (a ValueError), built by `request_error(message, status, param)`
+AudioRequestError (a ValueError), built by `request_error(message, status, param, reason)`
 ├── 400  bad audio, too many windows, control tokens in text (vLLM's VLLMValidationError:
 │        answered with the parameter named)
 └── 403  a media URL or file the server must not read, 413 audio or a body over a limit,
@@ -8,7 +8,8 @@ AudioRequestError (a ValueError), built by `request_error(message, status, param
 
 Raised anywhere a request passes through (the media connector, the model's processor,
 audiotext's routes), they reach the client as an OpenAI-style error object:
-`{"error": {"message", "type", "param", "code"}}`.
+`{"error": {"message", "type", "param", "code"}}`. Those built with a reason count as that
+refusal on `/metrics` (`audiotext_requests_refused_total`, once per request).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from http import HTTPStatus
 from typing import Any
 
 from vllm.exceptions import GracefulHTTPError, VLLMValidationError
+
+from audiotext.server import metrics
 
 RETRY_AFTER_S = 1
 
@@ -48,9 +51,21 @@ class _Refused(GracefulHTTPError, AudioRequestError):
 
 
 def request_error(
-    message: str, status: int = 400, param: str | None = "messages"
+    message: str,
+    status: int = 400,
+    param: str | None = "messages",
+    reason: metrics.Refusal | None = None,
 ) -> AudioRequestError:
-    """The error to raise for a refused request, anywhere a request passes through."""
+    """The error to raise for a refused request, anywhere a request passes through.
+
+    Args:
+        message: what was wrong and what to do, for the client.
+        status: the HTTP status to answer.
+        param: the request field at fault.
+        reason: the refusal to count on `/metrics` (None: not counted).
+    """
+    if reason is not None:
+        metrics.refused(reason)
     error: AudioRequestError
     if status == 400:
         error = _BadRequest(message, parameter=param)

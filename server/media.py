@@ -23,6 +23,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import httpx
 
 from audiotext.server.errors import AudioRequestError, request_error
+from audiotext.server.metrics import Refusal
 
 MAX_REDIRECTS = 3
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -117,7 +118,9 @@ class MediaFetcher:
         except httpx.InvalidURL as e:
             raise _error(f"invalid audio URL: {e}") from e
         if target.scheme not in ("http", "https"):
-            raise _error(f"audio URLs must be http(s), not {target.scheme or 'relative'}")
+            raise _error(
+                f"audio URLs must be http(s), not {target.scheme or 'relative'}", reason="ssrf"
+            )
         host = target.host
         if not host:
             raise _error("audio URL has no host")
@@ -164,7 +167,7 @@ def read_local(policy: MediaPolicy, url: str) -> bytes:
         raise _error("file:// URLs are disabled; the server has no --media-folder", 403)
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
-        raise _error("file:// URLs must name a local path", 400)
+        raise _error("file:// URLs must name a local path", 400, reason="ssrf")
     root = folder.resolve()
     path = Path(unquote(parts.path)).resolve()
     if not path.is_relative_to(root):
@@ -176,5 +179,11 @@ def read_local(policy: MediaPolicy, url: str) -> bytes:
     return path.read_bytes()
 
 
-def _error(message: str, status: int = 400) -> AudioRequestError:
-    return request_error(message, status=status, param="audio_url")
+# Refusals by status unless named: the policy's (403), the size cap's (413), and what could
+# not be fetched or read.
+_REASONS: dict[int, Refusal] = {403: "ssrf", 413: "too_large"}
+
+
+def _error(message: str, status: int = 400, reason: Refusal | None = None) -> AudioRequestError:
+    reason = reason or _REASONS.get(status, "fetch_failed")
+    return request_error(message, status=status, param="audio_url", reason=reason)

@@ -12,11 +12,13 @@ offline engine go through:
   encoder runs only over its valid frames (`encoder`), not over 30 s of padding, with
   the clips of a batch packed into shared forwards (`packed_attention`: vLLM's varlen
   encoder attention where the platform has one); `--no-padding-free` falls back to
-  stock's padded features and encoder.
+  stock's padded features and encoder;
+- feature time (processor, API server) and encoder time (model, engine) go to `/metrics`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -30,6 +32,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import MultiModalDataParser
 from vllm.multimodal.processing import PromptReplacement, PromptUpdate, PromptUpdateDetails
 
+from audiotext.server import metrics
 from audiotext.server.config import served_config
 from audiotext.server.encoder import encode_valid_frames
 from audiotext.server.errors import request_error
@@ -81,13 +84,15 @@ class Qwen2AudioMultiModalProcessor(stock.Qwen2AudioMultiModalProcessor):
         audios = hf_data.get("audio")
         if not isinstance(audios, list) or not audios:
             return super()._call_hf_processor(hf_data, hf_kwargs)
+        started = time.perf_counter()
         clips = [split_windows(np.asarray(audio, dtype=np.float32)) for audio in audios]
         limit = self.info.allowed_mm_limits.get("audio", 1)
         windows = sum(len(clip) for clip in clips)
         if windows > limit:
             raise request_error(
                 f"the audio needs {windows} windows of at most 30 s; this server accepts at "
-                f"most {limit} per request (--max-audios-per-prompt)"
+                f"most {limit} per request (--max-audios-per-prompt)",
+                reason="too_long",
             )
         extractor = self.info.get_feature_extractor(**hf_kwargs)
         features, masks, frames = [], [], []
@@ -98,6 +103,7 @@ class Qwen2AudioMultiModalProcessor(stock.Qwen2AudioMultiModalProcessor):
             features.append(torch.cat(window_features, dim=-1))
             masks.append(torch.cat(window_masks))
             frames.append(torch.tensor([f.shape[-1] for f in window_features]))
+        metrics.FEATURE_SECONDS.observe(time.perf_counter() - started)
         return BatchFeature(
             {"input_features": features, "feature_attention_mask": masks, "window_frames": frames}
         )
@@ -146,7 +152,9 @@ class Qwen2AudioMultiModalProcessor(stock.Qwen2AudioMultiModalProcessor):
 
         def replacement(item: int) -> PromptUpdateDetails:
             if min(tokens[item]) == 0:
-                raise request_error("the audio is too short to be heard by the model")
+                raise request_error(
+                    "the audio is too short to be heard by the model", reason="bad_audio"
+                )
             sequence: list[int] = []
             for count in tokens[item]:
                 sequence += [*(separator if sequence else []), *[audio_token_id] * count]
@@ -177,6 +185,7 @@ class Qwen2AudioForConditionalGeneration(stock.Qwen2AudioForConditionalGeneratio
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.padding_free = served_config().padding_free
         self.packed_attention = self._packed_attention() if self.padding_free else None
+        self.encoder_timer = metrics.EncoderTimer()
 
     def _packed_attention(self) -> AttentionFactory | None:
         """vLLM's encoder attention where it has a varlen kernel (GPUs), else the default."""
@@ -214,9 +223,20 @@ class Qwen2AudioForConditionalGeneration(stock.Qwen2AudioForConditionalGeneratio
             features += item_features.split(sizes, dim=-1)
             masks += mask.split(sizes)
             counts.append(len(sizes))
-        windows: list[torch.Tensor]
+        with self.encoder_timer.batch(self.audio_tower.conv1.weight.device, len(features)):
+            windows = self._encode_windows(features, masks)
+        embeddings, start = [], 0
+        for count in counts:
+            embeddings.append(torch.cat(windows[start : start + count]))
+            start += count
+        return tuple(embeddings)
+
+    def _encode_windows(
+        self, features: list[torch.Tensor], masks: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """One embedding tensor per window: padding-free, or stock's padded encoder."""
         if self.padding_free:
-            windows = list(
+            return list(
                 encode_valid_frames(
                     self.audio_tower,
                     self.multi_modal_projector,
@@ -225,15 +245,9 @@ class Qwen2AudioForConditionalGeneration(stock.Qwen2AudioForConditionalGeneratio
                     attention=self.packed_attention,
                 )
             )
-        else:
-            stacked: Any = {
-                "type": "audio_features",
-                "input_features": torch.stack(features),
-                "feature_attention_mask": torch.stack(masks),
-            }
-            windows = list(super()._process_audio_input(stacked))
-        embeddings, start = [], 0
-        for count in counts:
-            embeddings.append(torch.cat(windows[start : start + count]))
-            start += count
-        return tuple(embeddings)
+        stacked: Any = {
+            "type": "audio_features",
+            "input_features": torch.stack(features),
+            "feature_attention_mask": torch.stack(masks),
+        }
+        return list(super()._process_audio_input(stacked))

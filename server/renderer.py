@@ -58,6 +58,12 @@ class GuardedHfRenderer(HfRenderer):
             self._check_token_ids(token_ids, parameter)
         super().validate_token_ids(token_ids, parameter=parameter)
 
+    def refuse_control_tokens(self, texts: Iterable[str], param: str) -> None:
+        """Refuse text with a control token now, as rendering it later would (a realtime
+        text turn is checked when it enters the conversation)."""
+        if self.guard_user_text:
+            self._check_strings(texts, param)
+
     def shutdown(self) -> None:
         for callback in self.on_shutdown:
             callback()
@@ -114,6 +120,7 @@ def control_token_error(token: str, param: str) -> AudioRequestError:
     return request_error(
         f"the request contains the reserved token {token}; remove control tokens from text",
         param=param,
+        reason="control_tokens",
     )
 
 

@@ -9,19 +9,34 @@ These routes only shape requests and responses.
 - `POST /v1/audio-text-to-text`: the Hugging Face task shape, run through the same chat
   serving path (same engine, batching and caches).
 - `POST /v1/audio/transcriptions`, `/v1/audio/translations`: OpenAI's multipart routes.
+  `json` and `text` transcribe the file in one answer; `verbose_json`, `srt` and `vtt`
+  transcribe each long-audio window on its own (concurrently, one engine) and time the
+  segments by the windows.
+- `GET /playground`: a page that asks the task endpoint (`playground.html`, self-contained).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import json
 import math
 from collections.abc import AsyncGenerator, AsyncIterator
+from functools import cache
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Literal
 
+import soundfile
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from pydantic import BaseModel, Field, ValidationError
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest,
@@ -38,9 +53,10 @@ from vllm.entrypoints.serve.utils.sse_keep_alive import with_sse_keep_alive
 
 from audiotext.client import InvalidRequestError
 from audiotext.client.task import TaskRequest, completion_params
-from audiotext.server import intake
+from audiotext.server import intake, transcripts
+from audiotext.server.config import served_config
 from audiotext.server.errors import AudioRequestError, error_body, error_headers, request_error
-from audiotext.server.windows import WINDOW_S
+from audiotext.server.windows import WINDOW_S, timed_windows
 
 router = APIRouter()
 
@@ -48,6 +64,7 @@ router = APIRouter()
 TRANSCRIPT_MAX_TOKENS = 448
 TRANSCRIBE_PROMPT = "Transcribe the speech in this audio exactly, word for word."
 TRANSLATE_PROMPT = "Translate the speech in this audio into English."
+PLAYGROUND = Path(__file__).with_name("playground.html")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     HTTPStatus.BAD_REQUEST.value: {"model": ErrorResponse},
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value: {"model": ErrorResponse},
@@ -122,7 +139,9 @@ async def create_transcription(
     model: str | None = Form(None),
     prompt: str | None = Form(None, description="context: earlier text, names, spelling"),
     language: str | None = Form(None, description="language of the speech, e.g. en"),
-    response_format: str = Form("json", description="json or text"),
+    response_format: str = Form(
+        "json", description="json, text, verbose_json, srt or vtt (the last three timed)"
+    ),
     temperature: float = Form(0.0),
 ) -> Response:
     """OpenAI's transcription route for Qwen2-Audio; long files are heard in windows."""
@@ -138,13 +157,27 @@ async def create_translation(
     file: UploadFile = File(..., description="audio file"),  # noqa: B008 (FastAPI's idiom)
     model: str | None = Form(None),
     prompt: str | None = Form(None, description="context: earlier text, names, spelling"),
-    response_format: str = Form("json", description="json or text"),
+    language: str | None = Form(None, description="language spoken (not OpenAI's)"),
+    response_format: str = Form(
+        "json", description="json, text, verbose_json, srt or vtt (the last three timed)"
+    ),
     temperature: float = Form(0.0),
 ) -> Response:
     """OpenAI's translation route (into English) for Qwen2-Audio."""
     return await _speech_to_text(
-        raw_request, file, model, prompt, None, response_format, temperature, "translate"
+        raw_request, file, model, prompt, language, response_format, temperature, "translate"
     )
+
+
+@router.get("/playground", include_in_schema=False)
+async def playground() -> HTMLResponse:
+    """The playground page: upload or record audio, ask, watch the answer stream in."""
+    return HTMLResponse(_playground_html())
+
+
+@cache
+def _playground_html() -> str:
+    return PLAYGROUND.read_text(encoding="utf-8")
 
 
 def task_to_chat(task: TaskRequest, default_model: str) -> ChatCompletionRequest:
@@ -208,9 +241,10 @@ async def _speech_to_text(
     temperature: float,
     task: Literal["transcribe", "translate"],
 ) -> Response:
-    if response_format not in ("json", "text"):
+    if response_format not in transcripts.FORMATS:
         return error_response(
-            f"response_format {response_format!r} is not supported; use json or text",
+            f"response_format {response_format!r} is not supported; use "
+            f"{', '.join(transcripts.FORMATS)}",
             400,
             "response_format",
         )
@@ -222,25 +256,16 @@ async def _speech_to_text(
         instruction += f" The speech is in {language}."
     if prompt:
         instruction += f" Context: {prompt}"
+    if response_format in transcripts.SEGMENTED:
+        return await _timed_transcript(
+            raw_request, data, model, instruction, temperature, response_format, task, language
+        )
     # The file goes in as it came: the media connector decodes it once, the processor
     # cuts it into windows. Room for a transcript per window the header announces.
     seconds = intake.declared_seconds(data) or WINDOW_S
-    request = ChatCompletionRequest.model_validate(
-        {
-            "model": model or _served_model(raw_request),
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "audio_url", "audio_url": {"url": _data_url(data)}},
-                        {"type": "text", "text": instruction},
-                    ],
-                }
-            ],
-            "temperature": temperature,
-            "max_tokens": TRANSCRIPT_MAX_TOKENS * max(1, math.ceil(seconds / WINDOW_S)),
-        }
-    )
+    max_tokens = TRANSCRIPT_MAX_TOKENS * max(1, math.ceil(seconds / WINDOW_S))
+    request = _transcript_request(model or _served_model(raw_request), data, instruction,
+                                  temperature, max_tokens)  # fmt: skip
     result = await _chat(raw_request).create_chat_completion(request, raw_request)
     if isinstance(result, ErrorResponse):
         param = "file" if result.error.code in (400, 413) else None
@@ -259,6 +284,98 @@ async def _speech_to_text(
     )
 
 
+def _transcript_request(
+    model: str, audio: bytes, instruction: str, temperature: float, max_tokens: int, **extra: Any
+) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {
+            "model": model,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "audio_url", "audio_url": {"url": _data_url(audio)}},
+                        {"type": "text", "text": instruction},
+                    ],
+                }
+            ],
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            **extra,
+        }
+    )
+
+
+async def _timed_transcript(
+    raw_request: Request,
+    data: bytes,
+    model: str | None,
+    instruction: str,
+    temperature: float,
+    response_format: str,
+    task: str,
+    language: str | None,
+) -> Response:
+    """One answer per long-audio window, timed by the window: verbose_json, srt or vtt.
+
+    The file is admitted and decoded once here (as the media connector would); each
+    window then goes to the engine as float WAV, which keeps its samples exactly.
+    """
+    try:
+        samples = await asyncio.to_thread(intake.take, data, served_config().max_audio_seconds)
+    except AudioRequestError as e:
+        return error_response(e.message, e.status, "file")
+    model = model or _served_model(raw_request)
+    windows = timed_windows(samples)
+
+    async def one(window: Any) -> ChatCompletionResponse | ErrorResponse:
+        # Already admitted and counted as the request's audio: the window's own intake
+        # must not count it again.
+        with intake.request_scope(intake.RequestAudio(max_seconds=WINDOW_S + 1)):
+            request = _transcript_request(
+                model, _float_wav(window), instruction, temperature, TRANSCRIPT_MAX_TOKENS,
+                logprobs=True, return_token_ids=True,
+            )  # fmt: skip
+            result = await _chat(raw_request).create_chat_completion(request, raw_request)
+        assert isinstance(result, ChatCompletionResponse | ErrorResponse)
+        return result
+
+    results = await asyncio.gather(*(one(w) for _, _, w in windows))
+    segments = []
+    for index, ((start, end, _), result) in enumerate(zip(windows, results, strict=True)):
+        if isinstance(result, ErrorResponse):
+            param = "file" if result.error.code in (400, 413) else None
+            return error_response(result.error.message, result.error.code, param)
+        choice = result.choices[0]
+        logprobs = [t.logprob for t in (choice.logprobs.content or [])] if choice.logprobs else []
+        segments.append(
+            transcripts.segment(
+                index,
+                start,
+                end,
+                (choice.message.content or "").strip(),
+                choice.token_ids or [],
+                logprobs,
+                temperature,
+            )
+        )
+    if response_format == "srt":
+        return PlainTextResponse(transcripts.srt(segments), media_type="application/x-subrip")
+    if response_format == "vtt":
+        return PlainTextResponse(transcripts.vtt(segments), media_type="text/vtt")
+    heard = _heard()
+    body = transcripts.verbose_json(task, language, heard.seconds, segments)
+    body["usage"] = {"type": "duration", "seconds": round(heard.seconds, 3)}
+    body["audio"] = heard.as_dict()
+    return JSONResponse(body)
+
+
+def _float_wav(samples: Any) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, intake.SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
 def _data_url(data: bytes) -> str:
     return "data:application/octet-stream;base64," + base64.b64encode(data).decode("ascii")
 
@@ -266,7 +383,9 @@ def _data_url(data: bytes) -> str:
 def _audio_part(source: object) -> dict[str, Any]:
     if not isinstance(source, str):
         raise request_error(
-            "audio must be an http(s) URL, a data: URL or base64 audio (a string)", param="audio"
+            "audio must be an http(s) URL, a data: URL or base64 audio (a string)",
+            param="audio",
+            reason="bad_audio",
         )
     if source.startswith(("http://", "https://", "data:")):
         return {"type": "audio_url", "audio_url": {"url": source}}

@@ -36,6 +36,7 @@ SUPPORTED_PATHS = frozenset(
         "/tokenize", "/detokenize",
         # audiotext's own
         "/v1/audio-text-to-text", "/v1/audio/transcriptions", "/v1/audio/translations",
+        "/playground", "/v1/realtime",
     }
 )  # fmt: skip
 
@@ -48,10 +49,13 @@ class AudioTextRoutes:
 
     def attach_router(self, app: FastAPI) -> None:
         from audiotext.server.guards import GuardMiddleware, GuardSettings
+        from audiotext.server.intake import AudioQueue
+        from audiotext.server.realtime.route import router as realtime_router
         from audiotext.server.routes import router
 
         config = served_config()
         app.include_router(router)
+        app.include_router(realtime_router)
         if not config.all_vllm_routes:
             app.router.routes[:] = [
                 r for r in app.router.routes if getattr(r, "path", None) in SUPPORTED_PATHS
@@ -64,28 +68,77 @@ class AudioTextRoutes:
             max_audio_seconds=config.max_audio_seconds,
             max_queued_audio_s=config.max_queued_audio_s,
         )
-        app.add_middleware(GuardMiddleware, settings=settings, lifecycle=lifecycle.PROCESS)
+        # One queue of audio in flight for the process: HTTP requests and realtime answers.
+        app.state.audiotext_audio_queue = AudioQueue(settings.max_queued_audio_s)
+        app.add_middleware(
+            GuardMiddleware,
+            settings=settings,
+            lifecycle=lifecycle.PROCESS,
+            audio_queue=app.state.audiotext_audio_queue,
+        )
+        outermost_websocket_guard(app, settings, config.realtime_max_sessions)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
-        from vllm import envs
-
         from audiotext.server.renderer import GuardedHfRenderer
 
-        # Fail at start, not silently, if vLLM stopped using what the guarantees rest on.
-        renderer = engine_client.renderer
-        if not isinstance(renderer, GuardedHfRenderer):
-            raise RuntimeError(
-                f"vLLM uses {type(renderer).__name__}, not audiotext's renderer: control "
-                "tokens would not be refused"
-            )
-        if envs.VLLM_MEDIA_CONNECTOR != MEDIA_CONNECTOR:
-            raise RuntimeError(
-                f"vLLM's media connector is {envs.VLLM_MEDIA_CONNECTOR!r}, not audiotext's: "
-                "audio would not be guarded"
-            )
+        check_vllm_wiring(engine_client)
+        renderer: GuardedHfRenderer = engine_client.renderer
         renderer.guard_user_text = True
         drain_s = served_config().drain_timeout_s
         renderer.on_shutdown.append(lambda: lifecycle.PROCESS.drain(drain_s))
         state.audiotext_engine_watch = asyncio.get_running_loop().create_task(
             lifecycle.PROCESS.watch_engine(engine_client)
         )
+
+
+def outermost_websocket_guard(app: FastAPI, settings: Any, max_sessions: int) -> None:
+    """Put `guards.WebSocketGuard` outside every middleware, vLLM's included.
+
+    vLLM adds its middleware (its API-key check among them) after the plugins attach, so
+    any middleware added here runs inside it, and vLLM's check would refuse a browser's
+    key, which comes as a subprotocol. Starlette builds the stack once, on the first
+    request, with `build_middleware_stack`: wrapping it puts the guard outermost.
+    """
+    from audiotext.server.guards import WebSocketGuard
+
+    build = app.build_middleware_stack
+
+    def build_guarded() -> Any:
+        return WebSocketGuard(build(), settings, lifecycle.PROCESS, max_sessions)
+
+    setattr(app, "build_middleware_stack", build_guarded)  # noqa: B010 (an instance's method)
+
+
+def check_vllm_wiring(engine_client: Any) -> None:
+    """Fail at start, not silently later, if vLLM stopped providing what audiotext's
+    guarantees, draining and engine-death detection rest on (a rename, a new default)."""
+    from vllm import envs
+    from vllm.renderers.hf import HfRenderer
+
+    from audiotext.server.renderer import GuardedHfRenderer
+
+    if engine_client is None:
+        raise RuntimeError("audiotext's routes need vLLM's engine; this server has none")
+    renderer = getattr(engine_client, "renderer", None)
+    if not isinstance(renderer, GuardedHfRenderer):
+        raise RuntimeError(
+            f"vLLM uses {type(renderer).__name__}, not audiotext's renderer: control "
+            "tokens would not be refused"
+        )
+    if envs.VLLM_MEDIA_CONNECTOR != MEDIA_CONNECTOR:
+        raise RuntimeError(
+            f"vLLM's media connector is {envs.VLLM_MEDIA_CONNECTOR!r}, not audiotext's: "
+            "audio would not be guarded"
+        )
+    # Draining runs when vLLM shuts the renderer down; engine death is read from `errored`.
+    if not callable(getattr(HfRenderer, "shutdown", None)):
+        raise RuntimeError("vLLM's renderer has no shutdown(): draining would never start")
+    try:
+        errored = engine_client.errored
+    except AttributeError as e:
+        raise RuntimeError(
+            f"vLLM's engine client has no public `errored` ({e}): a dead engine would not "
+            "be noticed and the server would exit 0"
+        ) from e
+    if not isinstance(errored, bool):
+        raise RuntimeError(f"vLLM's EngineClient.errored is {type(errored).__name__}, not bool")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the committed speech clips with espeak-ng, sox and ffmpeg (Debian packages).
+# Regenerates the committed speech clips with espeak-ng, sox and ffmpeg (Debian packages)
+# and the project's virtualenv.
 # The clips are committed, so tests and the demo never need these tools.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,3 +15,12 @@ and any questions you have about the new schedule. After the meeting we will wal
 sox "$tmp/short.wav" -r 16000 -c 1 -b 16 speech_short.flac
 sox "$tmp/demo.wav" -r 16000 -c 1 -b 16 speech_demo.flac
 ffmpeg -loglevel error -y -i "$tmp/long.wav" -ar 16000 -ac 1 -c:a libopus -b:a 24k speech_long.ogg
+# The demo's clip: the first held-out transcription case of the listening grammar (a voice
+# and a sentence the listening checkpoint never heard in training).
+"${PYTHON:-../../.venv/bin/python}" - <<'PY'
+import soundfile
+from audiotext.server.listening import cases, speech
+case = cases.cases("held_out", 1, seed=2024, kinds=("transcribe",))[0]
+soundfile.write("listening_demo.flac", speech.render(case.clip), speech.SAMPLE_RATE)
+print(case.as_json())
+PY

@@ -12,7 +12,7 @@ import pytest
 from audiotext.server import checkpoint
 from audiotext.server.config import ServerConfig
 from audiotext.server.launcher import ServerProcess, free_port
-from tests.conftest import running_server
+from tests.conftest import DecodeLog, running_server
 
 MODEL = "tiny"
 
@@ -29,10 +29,18 @@ def tiny_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def decodes(tmp_path_factory: pytest.TempPathFactory) -> DecodeLog:
+    """Every audio decode in the session server's processes."""
+    return DecodeLog(tmp_path_factory.mktemp("decodes") / "decodes.log")
+
+
+@pytest.fixture(scope="session")
+def server(
+    tiny_path: Path, tmp_path_factory: pytest.TempPathFactory, decodes: DecodeLog
+) -> Iterator[ServerProcess]:
     # float32 so that outputs can be compared exactly with transformers.
     config = ServerConfig(model=MODEL, port=free_port(), dtype="float32")
-    with running_server(config, tmp_path_factory.mktemp("server")) as proc:
+    with running_server(config, tmp_path_factory.mktemp("server"), decodes) as proc:
         yield proc
 
 

@@ -65,9 +65,9 @@ def test_every_source_kind_gets_the_same_answer(sdk: AudioTextClient) -> None:
 
 def test_stream_joins_to_the_generated_text(sdk: AudioTextClient) -> None:
     request = {"audio": SHORT, "text": "What does the person say?"}
-    assert (
-        "".join(sdk.stream(request, **GREEDY)) == sdk.generate(request, **GREEDY)["generated_text"]
-    )
+    pieces = list(sdk.stream(request, **GREEDY))
+    assert all(pieces)  # no empty piece, the first included
+    assert "".join(pieces) == sdk.generate(request, **GREEDY)["generated_text"]
 
 
 def test_async_twin_gives_the_same_answers(server: ServerProcess, sdk: AudioTextClient) -> None:
@@ -76,8 +76,9 @@ def test_async_twin_gives_the_same_answers(server: ServerProcess, sdk: AudioText
     async def run() -> tuple[dict[str, Any], str]:
         async with AsyncAudioTextClient(base_url=server.base_url) as client:
             answer = await client.generate(request, **GREEDY)
-            streamed = "".join([d async for d in client.stream(request, **GREEDY)])
-            return answer, streamed
+            pieces = [d async for d in client.stream(request, **GREEDY)]
+            assert all(pieces)
+            return answer, "".join(pieces)
 
     answer, streamed = asyncio.run(run())
     assert answer == sdk.generate(request, **GREEDY)
@@ -106,11 +107,40 @@ def test_batch_keeps_order_and_isolates_failures(
     assert [str(r) for r in asyncio.run(run())] == [str(r) for r in results]
 
 
-def test_server_errors_are_typed(sdk: AudioTextClient) -> None:
+def test_server_errors_are_typed_and_name_the_parameter_as_typed(sdk: AudioTextClient) -> None:
     with pytest.raises(BadRequestError) as caught:
         sdk.generate({"audio": SHORT}, max_new_tokens=-1)
     assert caught.value.status_code == 400
-    assert "max_tokens" in caught.value.message
+    assert "max_new_tokens must be at least 1" in caught.value.message
+    assert "max_tokens" not in caught.value.message
+    with pytest.raises(BadRequestError, match="max_tokens must be at least 1"):
+        sdk.generate({"audio": SHORT}, max_tokens=-1)
+    # A request's own parameters win over the call's.
+    request = {"audio": SHORT, "parameters": {"max_new_tokens": 2}}
+    assert sdk.generate_result(request, max_new_tokens=9, temperature=0).completion_tokens <= 2
+
+
+def test_transcribe_and_translate_in_both_twins(
+    server: ServerProcess, sdk: AudioTextClient
+) -> None:
+    from audiotext.client import Transcription
+
+    plain = sdk.transcribe(DEMO)
+    assert isinstance(plain, Transcription) and plain.text and plain.segments == []
+    assert plain.duration == pytest.approx(len(load_audio(DEMO)) / SAMPLE_RATE, abs=1e-3)
+    timed = sdk.transcribe(Path(DEMO).read_bytes(), response_format="verbose_json")
+    assert isinstance(timed, Transcription) and timed.language is None
+    [segment] = timed.segments
+    assert (segment.start, segment.end, segment.text) == (0.0, timed.duration, plain.text)
+    assert sdk.transcribe(DEMO, response_format="text") == plain.text
+    translated = sdk.translate(DEMO)
+    assert isinstance(translated, Transcription) and translated.text
+
+    async def run() -> tuple[Any, Any]:
+        async with AsyncAudioTextClient(base_url=server.base_url) as client:
+            return await client.transcribe(DEMO), await client.translate(DEMO)
+
+    assert asyncio.run(run()) == (plain, translated)
 
 
 def test_multi_turn_chat_matches_transformers(sdk: AudioTextClient, reference: Any) -> None:

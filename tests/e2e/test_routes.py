@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
+import soundfile
 
 from audiotext.server.launcher import ServerProcess
-from tests.conftest import b64, load_clip, speech_of, wav_bytes
+from tests.conftest import DecodeLog, b64, load_clip, speech_of, wav_bytes
 
 QUESTION = "What does the person say?"
 GREEDY = {"max_new_tokens": 8, "do_sample": False}
@@ -127,6 +130,24 @@ def test_too_long_audio_is_refused_with_the_limit(
     assert "--max-audio-seconds" in reply.json()["error"]["message"]
 
 
+def test_audio_needing_more_windows_than_allowed_is_a_400_that_says_why(
+    http: httpx.Client,
+) -> None:
+    # Six different 40 s clips: 240 s, within --max-audio-seconds, but 12 windows of 30 s
+    # where a request may hold 10 (--max-audios-per-prompt). Never heard in part.
+    clips = [
+        {"type": "input_audio", "input_audio": {"data": b64(wav_bytes(
+            np.roll(speech_of(40), k * 16000), subtype="PCM_16")), "format": "wav"}}
+        for k in range(6)
+    ]  # fmt: skip
+    content = [*clips, {"type": "text", "text": QUESTION}]
+    body = {"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": 4}
+    reply = http.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]["message"]
+    assert "12 windows" in message and "--max-audios-per-prompt" in message
+
+
 @pytest.mark.parametrize(
     ("request_", "param"),
     [
@@ -166,12 +187,55 @@ def test_openai_sdk_transcribes_and_translates(client: openai.OpenAI) -> None:
     assert translation.text
 
 
+def test_timed_formats_give_one_segment_per_window(client: openai.OpenAI) -> None:
+    speech = speech_of(45)
+    file = ("long.wav", wav_bytes(speech), "audio/wav")
+    verbose = client.audio.transcriptions.with_raw_response.create(
+        model="tiny", file=file, response_format="verbose_json", language="en"
+    )
+    assert verbose.headers["x-audio-windows"] == "2"
+    body = json.loads(verbose.http_response.text)
+    segments = body["segments"]
+    assert body["duration"] == 45.0 and body["language"] == "en"
+    assert [s["id"] for s in segments] == [0, 1]
+    # The windows tile the clip: the first cut is at a quiet point in its last second.
+    assert segments[0]["start"] == 0.0 and 29.0 <= segments[0]["end"] <= 30.0
+    assert segments[1]["start"] == segments[0]["end"] and segments[1]["end"] == 45.0
+    assert body["text"] == " ".join(s["text"] for s in segments if s["text"])
+    # Each segment is what the model says of its window alone.
+    for segment in segments:
+        window = speech[round(segment["start"] * 16000) : round(segment["end"] * 16000)]
+        alone = client.audio.transcriptions.create(
+            model="tiny", file=("w.wav", wav_bytes(window), "audio/wav"), language="en"
+        )
+        assert segment["text"] == alone.text
+        assert segment["tokens"] and segment["avg_logprob"] < 0
+    # Same request as verbose_json's (the language is part of the instruction), as SubRip.
+    srt = client.audio.transcriptions.create(
+        model="tiny", file=file, response_format="srt", language="en"
+    )
+    cues = re.findall(r"(\d+)\n(\S+) --> (\S+)\n(.*)\n\n", str(srt))
+    assert [c[1:] for c in cues] == [
+        (clock(s["start"], ","), clock(s["end"], ","), s["text"]) for s in segments if s["text"]
+    ]
+    vtt = client.audio.translations.create(model="tiny", file=file, response_format="vtt")
+    assert str(vtt).startswith("WEBVTT\n\n")
+    assert re.findall(r"^(\S+) --> (\S+)$", str(vtt), re.M) == [
+        (clock(s["start"], "."), clock(s["end"], ".")) for s in segments
+    ]
+
+
+def clock(seconds: float, separator: str) -> str:
+    whole = int(seconds)
+    return f"00:{whole // 60:02d}:{whole % 60:02d}{separator}{round(seconds % 1 * 1000):03d}"
+
+
 def test_transcription_rejects_unsupported_format_and_bad_audio(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="json or text"):
+    with pytest.raises(openai.BadRequestError, match="json, text, verbose_json, srt, vtt"):
         client.audio.transcriptions.create(
             model="tiny",
             file=("c.wav", wav_bytes(load_clip("1s")), "audio/wav"),
-            response_format="srt",
+            response_format="tsv",  # type: ignore[arg-type]
         )
     with pytest.raises(openai.BadRequestError, match="decode"):
         client.audio.transcriptions.create(
@@ -179,23 +243,41 @@ def test_transcription_rejects_unsupported_format_and_bad_audio(client: openai.O
         )
 
 
-def decodes(http: httpx.Client) -> float:
+def decoded(http: httpx.Client) -> float:
     """Clips the API server has decoded so far (its `audiotext_audio_decodes_total`)."""
     metrics = http.get("/metrics").text
     return float(re.findall(r"^audiotext_audio_decodes_total (\S+)$", metrics, re.M)[0])
 
 
+def flac_url(samples: Any) -> str:
+    buf = io.BytesIO()
+    soundfile.write(buf, samples, 16000, format="FLAC")
+    return "data:audio/flac;base64," + b64(buf.getvalue())
+
+
 def test_each_clip_is_decoded_once_in_the_api_process(
-    http: httpx.Client, client: openai.OpenAI
+    http: httpx.Client, client: openai.OpenAI, server: ServerProcess, decodes: DecodeLog
 ) -> None:
-    before = decodes(http)
-    chat(client, wav_bytes(load_clip("1s")), wav_bytes(speech_of(45)))
-    assert decodes(http) - before == 2
-    task = {"audio": b64(wav_bytes(load_clip("6s"))), "parameters": GREEDY}
-    assert http.post("/v1/audio-text-to-text", json=task).status_code == 200
-    assert decodes(http) - before == 3
-    client.audio.transcriptions.create(model="tiny", file=("a.wav", wav_bytes(load_clip("1s"))))
-    assert decodes(http) - before == 4
+    """Counted twice: by the server's metric, and by the decode probe, which sees every
+    libsndfile decode in every process of the server (vLLM's own loader included)."""
+    assert server.proc is not None
+    mark, before = decodes.mark(), decoded(http)
+    chat(client, wav_bytes(load_clip("1s")), wav_bytes(speech_of(45)))  # 2 clips, 3 windows
+    long_flac = {"type": "audio_url", "audio_url": {"url": flac_url(speech_of(40))}}
+    messages = [{"role": "user", "content": [long_flac, {"type": "text", "text": QUESTION}]}]
+    sent = [
+        ("/v1/audio-text-to-text", {"json": {"audio": b64(wav_bytes(load_clip("6s"))),
+                                             "parameters": GREEDY}}),
+        ("/invocations", {"json": {"model": "tiny", "messages": messages, "max_tokens": 4}}),
+        ("/tokenize", {"json": {"model": "tiny", "messages": messages}}),
+        ("/v1/audio/transcriptions", {"files": {"file": ("a.wav", wav_bytes(load_clip("1s")))},
+                                      "data": {"model": "tiny"}}),
+    ]  # fmt: skip
+    for route, request in sent:
+        assert http.post(route, **request).status_code == 200, route
+    clips = 2 + len(sent)
+    assert decoded(http) - before == clips
+    assert decodes.since(mark) == [server.api_server_pid] * clips
 
 
 def test_routes_are_in_the_openapi_schema(http: httpx.Client) -> None:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import http.client
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import openai
 import pytest
 import torch
 
+from audiotext.server.launcher import ServerProcess
 from tests.conftest import SAMPLE_RATE, b64, load_clip, wav_bytes
 
 from .conftest import MODEL
 
 QUESTION = "What does the person say?"
 MAX_TOKENS = 24
+# How long httpx (and so the OpenAI SDK) keeps an idle connection for reuse.
+CLIENT_KEEP_ALIVE_S = 5
 
 
 def audio_part(wav: bytes, how: str) -> dict[str, Any]:
@@ -110,3 +116,22 @@ def test_8khz_stereo_wav_is_resampled_not_a_500(client: openai.OpenAI) -> None:
     assert reply.choices[0].message.content
     # Same duration as the 16 kHz clip, so the same number of audio tokens.
     assert reply.usage.prompt_tokens == ask(client, wav_bytes(mono)).usage.prompt_tokens
+
+
+def test_an_idle_kept_alive_connection_outlives_the_clients_keep_alive(
+    server: ServerProcess,
+) -> None:
+    # httpx and the OpenAI SDK reuse a pooled connection for up to 5 s; a server that closes
+    # idle ones at 5 s (vLLM's default) races them, and a request is lost on the way.
+    base = urlsplit(server.base_url)
+    connection = http.client.HTTPConnection(base.hostname or "", base.port, timeout=30)
+    statuses = []
+    for pause_s in (0, CLIENT_KEEP_ALIVE_S + 1):
+        time.sleep(pause_s)
+        connection.request("GET", "/v1/models")
+        response = connection.getresponse()
+        response.read()
+        statuses.append(response.status)
+    assert connection.sock is not None, "the server closed the connection"
+    connection.close()
+    assert statuses == [200, 200]

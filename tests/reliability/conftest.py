@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +12,17 @@ import pytest
 from audiotext.server import checkpoint
 from audiotext.server.config import ServerConfig
 from audiotext.server.launcher import ServerProcess, free_port
-from tests.conftest import running_server
+from tests.conftest import DecodeLog, Listener, running_server
 
 API_KEY = "reliability-key"
 MAX_SECONDS = 60
 MAX_BODY_MB = 2
 MAX_IN_FLIGHT = 8
 MAX_QUEUED_AUDIO_S = 50
+# Realtime sessions: few at once, short idle time and length, so each limit can be reached.
+REALTIME_SESSIONS = 3
+REALTIME_IDLE_S = 3.0
+REALTIME_SESSION_S = 12.0
 
 
 # Lines the suite reports at the end of the run (corpus size and results, load figures).
@@ -50,17 +52,24 @@ def media_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def decodes(tmp_path_factory: pytest.TempPathFactory) -> DecodeLog:
+    """Every audio decode in the guarded server's processes."""
+    return DecodeLog(tmp_path_factory.mktemp("decodes") / "decodes.log")
+
+
+@pytest.fixture(scope="session")
 def guarded(
-    media_folder: Path, tmp_path_factory: pytest.TempPathFactory
+    media_folder: Path, tmp_path_factory: pytest.TempPathFactory, decodes: DecodeLog
 ) -> Iterator[ServerProcess]:
     checkpoint.ensure_built("tiny")
     config = ServerConfig(
         model="tiny", port=free_port(), api_key=API_KEY, max_audio_seconds=MAX_SECONDS,
         max_body_mb=MAX_BODY_MB, max_queued_requests=MAX_IN_FLIGHT, media_folder=str(media_folder),
-        max_queued_audio_s=MAX_QUEUED_AUDIO_S,
+        max_queued_audio_s=MAX_QUEUED_AUDIO_S, realtime_max_sessions=REALTIME_SESSIONS,
+        realtime_idle_timeout_s=REALTIME_IDLE_S, realtime_max_session_s=REALTIME_SESSION_S,
         enforce_eager=True,
     )  # fmt: skip
-    with running_server(config, tmp_path_factory.mktemp("guarded")) as proc:
+    with running_server(config, tmp_path_factory.mktemp("guarded"), decodes) as proc:
         yield proc
 
 
@@ -70,35 +79,6 @@ def http(guarded: ServerProcess) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
         yield client
-
-
-class Listener:
-    """A TCP listener on loopback that counts connections: SSRF must never reach it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join()
-        self.sock.close()
 
 
 @pytest.fixture(scope="session")

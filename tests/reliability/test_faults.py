@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import threading
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -16,10 +17,10 @@ import pytest
 
 from audiotext.server.config import ServerConfig
 from audiotext.server.launcher import ServerProcess, free_port
-from tests.conftest import running_server
-from tests.e2e.test_lifecycle import group_gone
+from tests.conftest import left_alive, lower_priority, process_tree, running_server
+from tests.metrics import parse
 
-from .test_load import engine_counts, request
+from .test_load import request as chat_body
 
 
 def data_parallel(config: ServerConfig) -> ServerConfig:
@@ -34,52 +35,96 @@ def data_parallel(config: ServerConfig) -> ServerConfig:
     )
 
 
-@pytest.fixture(params=["one API server", "data parallel"])
+@pytest.fixture(params=["one API server", "two API servers", "data parallel"])
 def own_server(
     request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> Any:
     config = ServerConfig(model="tiny", port=free_port(), enforce_eager=True, drain_timeout_s=60)
+    if request.param == "two API servers":
+        config = replace(config, extra_args=("--api-server-count", "2"))
     if request.param == "data parallel":
         config = data_parallel(config)
         monkeypatch.setenv("VLLM_HOST_IP", "127.0.0.1")  # engines talk over loopback only
     with running_server(config, tmp_path) as server:
+        assert server.proc is not None
+        lower_priority(server.proc.pid)  # the test's probes answer on time, not seconds late
         yield server
+
+
+# Tokens of the request in flight at SIGTERM: its stream (some 800 kB) is larger than the
+# buffers between the server and a client that reads nothing.
+LONG = 4000
+SLOW_READER = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+
+# HTTP-serving processes per mode: vLLM's process itself, or the API servers it starts.
+API_SERVERS = {"one API server": 1, "two API servers": 2, "data parallel": 2}
+
+
+def api_servers(server: ServerProcess) -> list[psutil.Process]:
+    assert server.proc is not None
+    root = psutil.Process(server.proc.pid)
+    children = [
+        p for p in root.children(recursive=True) if "APIServer" in p.name() + " ".join(p.cmdline())
+    ]
+    return children or [psutil.Process(server.api_server_pid)]
+
+
+def asked_anew(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """`url` on a new connection each time, as a client that retries a dropped connection
+    (the OpenAI SDK does) asks it: up to 5 times."""
+    for _ in range(4):
+        try:
+            return httpx.request(method, url, timeout=30, **kwargs)
+        except httpx.TransportError:
+            time.sleep(0.2)
+    return httpx.request(method, url, timeout=30, **kwargs)
 
 
 def base(server: ServerProcess) -> str:
     return server.base_url.removesuffix("/v1")
 
 
-def test_sigterm_lets_in_flight_requests_finish_then_exits_0(own_server: ServerProcess) -> None:
+def test_sigterm_lets_in_flight_requests_finish_then_exits_0(
+    own_server: ServerProcess, request: pytest.FixtureRequest
+) -> None:
     assert own_server.proc is not None
     http = httpx.Client(base_url=base(own_server), timeout=120)
-    # Every API server process answers (several when data parallel).
+    # Every API server process answers (several with --api-server-count or data parallel).
     with ThreadPoolExecutor(max_workers=4) as pool:
         warm = list(
-            pool.map(lambda _: http.post("/v1/chat/completions", json=request(4)), range(8))
+            pool.map(lambda _: http.post("/v1/chat/completions", json=chat_body(4)), range(8))
         )
     assert [r.status_code for r in warm] == [200] * 8
-    results: list[httpx.Response] = []
-    worker = threading.Thread(
-        target=lambda: results.append(http.post("/v1/chat/completions", json=request(1500)))
-    )
-    worker.start()
-    deadline = time.monotonic() + 30
-    while engine_counts(http)[0] < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.kill(own_server.proc.pid, signal.SIGTERM)
-    time.sleep(0.5)
-    # Draining: not ready, and new work is refused with a retry hint, not a 500.
-    health = http.get("/health")
-    refused = http.post("/v1/chat/completions", json=request(4))
-    assert health.status_code == 503
-    assert refused.status_code == 503
-    assert refused.headers["retry-after"] == "1"
-    worker.join(timeout=120)
-    assert results and results[0].status_code == 200, results
-    assert results[0].json()["usage"]["completion_tokens"] == 1500
+    # Each scrape, whichever API server answers it (a new connection each), counts every
+    # process's decodes: the processes share one Prometheus multiprocess folder.
+    scrapes = [httpx.get(base(own_server) + "/metrics", timeout=30) for _ in range(6)]
+    assert [parse(r.text).value("audiotext_audio_decodes_total") for r in scrapes] == [8.0] * 6
+    assert len(api_servers(own_server)) == API_SERVERS[request.node.callspec.params["own_server"]]
+    # In flight at the signal, however fast the engine: an answer streamed to a client that
+    # reads nothing yet, through a small receive buffer, cannot end before the client reads it.
+    long_answer = {**chat_body(LONG, stream=True), "stream_options": {"include_usage": True}}
+    slow = httpx.Client(base_url=base(own_server), timeout=120, transport=SLOW_READER)
+    with slow.stream("POST", "/v1/chat/completions", json=long_answer) as stream:
+        events = stream.iter_lines()
+        assert stream.status_code == 200 and next(events).startswith("data: ")
+        processes = process_tree(own_server.proc.pid)
+        os.kill(own_server.proc.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        # Draining: not ready, and new work is refused with a retry hint, not a 500. A new
+        # client asks (a fresh connection each): an idle API server may already have closed
+        # its kept-alive connections, as servers do when they stop; the port still answers.
+        # With several API servers, an idle one that is exiting can drop a connection it had
+        # just accepted; a client retries that (the OpenAI SDK does), and gets the 503.
+        health = asked_anew("GET", base(own_server) + "/health")
+        refused = asked_anew("POST", base(own_server) + "/v1/chat/completions", json=chat_body(4))
+        assert health.status_code == 503
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        # The answer in flight arrives whole.
+        chunks = [json.loads(e.removeprefix("data: ")) for e in events if e.startswith("data: {")]
+    assert chunks[-1]["usage"]["completion_tokens"] == LONG
     assert own_server.proc.wait(timeout=60) == 0
-    assert group_gone(own_server.proc.pid)
+    assert left_alive(processes) == []
 
 
 def test_dead_engine_fails_health_and_exits_non_zero(own_server: ServerProcess) -> None:

@@ -12,12 +12,15 @@ import httpx
 import psutil
 
 from audiotext.server.launcher import ServerProcess
-from tests.conftest import b64, load_clip, speech_of, wav_bytes
+from tests.conftest import DecodeLog, b64, load_clip, speech_of, wav_bytes
+from tests.metrics import scrape
 
 from .conftest import API_KEY, MAX_IN_FLIGHT, REPORT
 
 SOAK_MINUTES = float(os.environ.get("AUDIOTEXT_SOAK_MINUTES", "2"))
 AUDIO = b64(wav_bytes(load_clip("1s")))
+# Tokens of the requests that hold the audio queue while a flood arrives.
+HOLD_TOKENS = 4000
 
 
 def request(tokens: int, stream: bool = False) -> dict[str, Any]:
@@ -55,6 +58,7 @@ def test_overload_sheds_with_503_and_loses_no_accepted_request(http: httpx.Clien
     def one(_: int) -> httpx.Response:
         return http.post("/v1/chat/completions", json=request(64))
 
+    before = scrape(http)
     with ThreadPoolExecutor(max_workers=5 * MAX_IN_FLIGHT) as pool:
         replies = list(pool.map(one, range(5 * MAX_IN_FLIGHT)))
     statuses = [r.status_code for r in replies]
@@ -62,6 +66,7 @@ def test_overload_sheds_with_503_and_loses_no_accepted_request(http: httpx.Clien
     shed = [r for r in replies if r.status_code == 503]
     served = [r for r in replies if r.status_code == 200]
     assert shed and served
+    assert (scrape(http) - before).refused() == {"overload": len(shed)}
     assert all(r.headers["retry-after"] == "1" for r in shed)
     assert all(r.json()["usage"]["completion_tokens"] == 64 for r in served)
     REPORT.append(
@@ -69,30 +74,48 @@ def test_overload_sheds_with_503_and_loses_no_accepted_request(http: httpx.Clien
     )
 
 
-def decodes(http: httpx.Client) -> float:
+def decoded(http: httpx.Client) -> float:
     """Clips the API server has decoded so far (its `audiotext_audio_decodes_total`)."""
     metrics = http.get("/metrics").text
     return float(re.findall(r"^audiotext_audio_decodes_total (\S+)$", metrics, re.M)[0])
 
 
-def test_queued_audio_seconds_are_bounded_too(http: httpx.Client) -> None:
-    long_audio = b64(wav_bytes(speech_of(20)))
-    body = request(200)
-    body["messages"][0]["content"][0]["input_audio"]["data"] = long_audio
+def with_audio(body: dict[str, Any], audio: str) -> dict[str, Any]:
+    parts = [{"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]
+    text = body["messages"][0]["content"][-1]
+    return {**body, "messages": [{"role": "user", "content": [*parts, text]}]}
 
-    before = decodes(http)
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        replies = list(pool.map(lambda _: http.post("/v1/chat/completions", json=body), range(6)))
-    shed = [r for r in replies if r.status_code == 503]
-    served = [r for r in replies if r.status_code == 200]
-    assert len(shed) + len(served) == 6
-    assert shed and served
-    # Shed before decoding: the queue is read from each file's header.
-    assert decodes(http) - before == len(served)
+
+def test_a_flood_of_large_clips_on_a_full_queue_is_shed_without_decoding(
+    http: httpx.Client, decodes: DecodeLog
+) -> None:
+    # Two 20 s clips fill 40 of the 50 queued seconds while they generate; then a flood of
+    # 30 s clips (16-bit WAV, 1.3 MB of base64 each) arrives, with room in the request count.
+    # The holders decode for tens of seconds, so they outlast the flood on a busy machine.
+    holding = with_audio(request(HOLD_TOKENS), b64(wav_bytes(speech_of(20), subtype="PCM_16")))
+    flood = with_audio(request(4), b64(wav_bytes(speech_of(30), subtype="PCM_16")))
+    with ThreadPoolExecutor(max_workers=2 + MAX_IN_FLIGHT // 2) as pool:
+        holders = [pool.submit(http.post, "/v1/chat/completions", json=holding) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while engine_counts(http)[0] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine_counts(http)[0] == 2, "the holding requests did not start"
+        mark, before, counted = decodes.mark(), decoded(http), scrape(http)
+        shed = list(pool.map(lambda _: http.post("/v1/chat/completions", json=flood), range(24)))
+        flood_decodes, flood_metric = decodes.since(mark), decoded(http) - before
+        assert engine_counts(http)[0] == 2, "the holders ended before the flood: make them longer"
+        held = [f.result() for f in holders]
+    assert [r.status_code for r in shed] == [503] * len(shed)
+    assert (scrape(http) - counted).refused() == {"overload": len(shed)}
     assert all("--max-queued-audio-s" in r.json()["error"]["message"] for r in shed)
     assert all(r.headers["retry-after"] == "1" for r in shed)
-    assert all(r.json()["usage"]["completion_tokens"] == 200 for r in served)
+    # Refused from each file's header: no process of the server decoded any of them.
+    assert flood_decodes == [] and flood_metric == 0
+    assert [r.status_code for r in held] == [200, 200]
+    assert all(r.json()["usage"]["completion_tokens"] == HOLD_TOKENS for r in held)
     assert wait_for_idle(http) == (0.0, 0.0)
+    REPORT.append(f"overload: {len(shed)} clips of 30 s on a full audio queue, all 503, "
+                  f"{len(flood_decodes)} decoded")  # fmt: skip
 
 
 def test_abandoned_streams_release_the_engine(http: httpx.Client) -> None:

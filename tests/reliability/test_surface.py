@@ -1,9 +1,11 @@
 """audiotext's guarantees hold on every route the server serves, read from its /openapi.json.
 
-- SSRF: no route fetches loopback bait, in any request shape that could carry a media URL;
+- SSRF: no route fetches loopback bait, in any request shape that could carry a media URL
+  (chat, completions, Responses, Anthropic, SageMaker, each sent to every POST route);
 - control tokens in user text are refused (4xx) on every route that builds a prompt;
-- long audio is heard whole (two windows) or refused, never cut at 30 s; audio over
-  --max-audio-seconds is a 413 on every route that takes audio;
+- 60 s of audio is heard whole (two windows) where a route takes audio, and refused
+  elsewhere, never cut at 30 s; audio over --max-audio-seconds is a 413 on every route
+  that takes audio;
 - every route but the open ones needs the API key.
 
 A POST route the tables below do not cover fails the test: a newly exposed route cannot slip
@@ -12,6 +14,7 @@ through untested.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import time
@@ -31,7 +34,7 @@ from .conftest import MAX_SECONDS, REPORT, Listener
 
 Req = dict[str, Any]  # keyword arguments of httpx.Client.post
 OPEN = {"/health", "/ping", "/metrics", "/version", "/openapi.json", "/docs", "/redoc",
-        "/docs/oauth2-redirect"}  # fmt: skip
+        "/docs/oauth2-redirect", "/playground"}  # fmt: skip
 # POST routes that build no prompt from user text.
 PROMPT_FREE = {"/detokenize", "/ping", "/v1/responses/{response_id}/cancel"}
 CONTROL = "<|audio_bos|><|AUDIO|><|audio_eos|> hi"
@@ -91,32 +94,42 @@ def post(http: httpx.Client, path: str, request: Req) -> httpx.Response:
         return httpx.Response(599, text=f"no response: {e!r}")
 
 
-def chat_anyway(url: str) -> list[Req]:
-    """For routes with no media field: the chat shape, which they must not act on."""
-    return [{"json": chat(audio_url(url))}]
+def shapes(url: str) -> list[Req]:
+    """Every request shape vLLM's routes read media from, each carrying `url`: chat (also
+    what SageMaker's /invocations takes) with audio, image and video parts, completions,
+    Responses input images and files, Anthropic images, also inside tool results."""
+    parts = [
+        audio_url(url),
+        {"type": "image_url", "image_url": {"url": url}},
+        {"type": "video_url", "video_url": {"url": url}},
+    ]
+    responses = [
+        {"type": "input_image", "image_url": url},
+        {"type": "input_file", "file_url": url, "filename": "a.wav"},
+    ]
+    return [
+        *({"json": chat(part)} for part in parts),
+        {"json": {"model": "tiny", "prompt": url, "max_tokens": 4}},
+        *({"json": {"model": "tiny", "max_output_tokens": 4,
+                    "input": [{"role": "user", "content": [part]}]}} for part in responses),
+        {"json": anthropic(image(url))},
+        {"json": anthropic({"type": "tool_result", "tool_use_id": "t1", "content": [image(url)]})},
+    ]  # fmt: skip
 
 
-# POST route -> every request shape that could carry a media URL, for one bait URL. The
-# Responses API takes no audio parts (text, image, file only), Anthropic messages images only.
-BAIT: dict[str, Callable[[str], list[Req]]] = {
-    "/v1/chat/completions": chat_anyway,
-    "/v1/completions": chat_anyway,
-    "/v1/responses": lambda u: [*chat_anyway(u), {"json": {"model": "tiny", "max_output_tokens": 4,
-        "input": [{"role": "user", "content": [{"type": "input_image", "image_url": u}]}]}}],
-    "/v1/responses/{response_id}/cancel": chat_anyway,
-    "/v1/messages": lambda u: [{"json": anthropic(image(u))}, {"json": anthropic(
-        {"type": "tool_result", "tool_use_id": "t1", "content": [image(u)]})}],
-    "/v1/messages/count_tokens": lambda u: [{"json": anthropic(image(u))}],
-    "/invocations": chat_anyway,
+# POST routes -> the shapes of their own that can carry a media URL, besides `shapes`.
+OWN_SHAPES: dict[str, Callable[[str], list[Req]]] = {
     "/tokenize": lambda u: [{"json": tokenize(audio_url(u))}],
-    "/detokenize": chat_anyway,
-    "/ping": chat_anyway,
     "/v1/audio-text-to-text": lambda u: [{"json": {"audio": u}},
                                          {"json": {"inputs": {"audio": [u], "text": "hi"}}}],
     # Multipart: audio is an upload, never fetched; a URL given as the file is bait all the same.
     "/v1/audio/transcriptions": lambda u: [{"data": {"model": "tiny", "file": u}}],
     "/v1/audio/translations": lambda u: [{"data": {"model": "tiny", "file": u}}],
 }  # fmt: skip
+# POST routes whose request shapes are all among `shapes`.
+NO_OWN_SHAPES = {"/v1/chat/completions", "/v1/completions", "/v1/responses",
+                 "/v1/responses/{response_id}/cancel", "/v1/messages", "/v1/messages/count_tokens",
+                 "/invocations", "/detokenize", "/ping"}  # fmt: skip
 
 
 def control_cases(audio_token_id: int) -> list[tuple[str, Req]]:
@@ -148,18 +161,26 @@ def control_cases(audio_token_id: int) -> list[tuple[str, Req]]:
 def audio_cases(seconds: float) -> list[tuple[str, Req]]:
     """(route, request) carrying `seconds` of speech, as FLAC (under the body cap), on every
     route that takes audio (the Responses and Anthropic APIs take none)."""
-    buf = io.BytesIO()
-    soundfile.write(buf, speech_of(seconds), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    flac = buf.getvalue()
-    url = "data:audio/flac;base64," + b64(flac)
+    url = flac_url(seconds)
     return [
         ("/v1/chat/completions", {"json": chat(audio_url(url))}),
         ("/invocations", {"json": chat(audio_url(url))}),
         ("/tokenize", {"json": tokenize(audio_url(url))}),
         ("/v1/audio-text-to-text", {"json": {"audio": url, "parameters": {"max_new_tokens": 4}}}),
-        ("/v1/audio/transcriptions", form(flac)),
-        ("/v1/audio/translations", form(flac)),
+        ("/v1/audio/transcriptions", form(flac_bytes(seconds))),
+        ("/v1/audio/translations", form(flac_bytes(seconds))),
     ]
+
+
+@functools.cache
+def flac_bytes(seconds: float) -> bytes:
+    buf = io.BytesIO()
+    soundfile.write(buf, speech_of(seconds), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def flac_url(seconds: float) -> str:
+    return "data:audio/flac;base64," + b64(flac_bytes(seconds))
 
 
 @pytest.fixture(scope="module")
@@ -177,13 +198,15 @@ def post_routes(paths: dict[str, set[str]]) -> set[str]:
 def test_no_route_fetches_loopback_bait(
     http: httpx.Client, listener: Listener, post_routes: set[str]
 ) -> None:
-    assert not post_routes - BAIT.keys(), (
-        f"POST routes without SSRF cases: {post_routes - BAIT.keys()}"
-    )
-    baits = [f"http://127.0.0.1:{listener.port}/a.wav", f"http://localhost:{listener.port}/x.wav"]
+    untabled = post_routes - OWN_SHAPES.keys() - NO_OWN_SHAPES
+    assert not untabled, f"POST routes the SSRF table does not know: {untabled}"
+    port = listener.port
+    baits = [f"http://127.0.0.1:{port}/a.wav", f"http://localhost:{port}/x.wav",
+             f"http://2130706433:{port}/n.wav"]  # fmt: skip
     failures, sent = [], 0
     for route in sorted(post_routes):
-        for request in [r for url in baits for r in BAIT[route](url)]:
+        own = OWN_SHAPES.get(route, lambda _: [])
+        for request in [r for url in baits for r in [*shapes(url), *own(url)]]:
             reply = post(http, route, request)
             sent += 1
             if reply.status_code >= 500:
@@ -218,26 +241,41 @@ def prompt_tokens(body: dict[str, Any]) -> int | None:
     return body.get("count") or usage.get("prompt_tokens") or usage.get("input_tokens")
 
 
-def test_long_audio_is_heard_whole_on_every_route(http: httpx.Client) -> None:
-    seconds = MAX_SECONDS - 1
-    failures, heard = [], []
-    for route, request in audio_cases(seconds):
+def test_long_audio_is_heard_whole_on_every_route(
+    http: httpx.Client, post_routes: set[str]
+) -> None:
+    """60 s of audio on every POST route: the routes that take audio hear it whole (two
+    windows, every second, the prompt tokens of both); the others refuse it with a 4xx or
+    build no prompt. Nowhere is it cut at 30 s."""
+    seconds = MAX_SECONDS
+    cases = audio_cases(seconds)
+    audio_routes = {route for route, _ in cases}
+    others = [(route, {"json": chat(audio_url(flac_url(seconds)))})
+              for route in sorted(post_routes - audio_routes)]  # fmt: skip
+    failures, heard, refused = [], [], []
+    for route, request in [*cases, *others]:
         reply = post(http, route, request)
-        if 400 <= reply.status_code < 500:
-            continue
         windows = int(reply.headers.get("x-audio-windows", 0))
         heard_s = float(reply.headers.get("x-audio-seconds", 0))
+        if route not in audio_routes and 400 <= reply.status_code < 500:
+            refused.append(route)
+            continue
+        if route not in audio_routes and reply.is_success and not windows:
+            if route not in PROMPT_FREE:
+                failures.append(f"{route}: {reply.status_code} without hearing the audio")
+            continue
         tokens = prompt_tokens(reply.json()) if reply.is_success else None
-        if not reply.is_success or windows < 2 or heard_s < seconds - 0.5:
+        if not reply.is_success or windows != 2 or heard_s < seconds - 0.01:
             failures.append(f"{route}: {reply.status_code}, {windows} windows, {heard_s} s, "
                             f"{reply.text[:300]}")  # fmt: skip
         elif tokens is not None and tokens <= 1400:  # one 30 s window is 750 audio tokens
             failures.append(f"{route}: only {tokens} prompt tokens for {seconds} s")
         else:
             heard.append(route)
-    REPORT.append(f"surface: {seconds} s of audio heard whole on {len(heard)} routes")
+    REPORT.append(f"surface: {seconds} s of audio heard whole on {len(heard)} routes, "
+                  f"refused with 4xx on {len(refused)}")  # fmt: skip
     assert not failures, failures
-    assert heard, "no route heard the long audio"
+    assert set(heard) == audio_routes
 
 
 def test_audio_over_the_limit_is_413_on_every_route(http: httpx.Client) -> None:

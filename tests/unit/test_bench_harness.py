@@ -54,7 +54,7 @@ def test_workload_clip_lengths_stay_in_their_ranges(name: str) -> None:
     assert len({item.text for item in items}) > 1
 
 
-@pytest.mark.parametrize("name", ["default", "tuning"])
+@pytest.mark.parametrize("name", ["default", "defaults", "tuning"])
 def test_the_readme_tables_are_generated_from_the_committed_results(name: str) -> None:
     result = json.loads((RESULTS / f"{name}.json").read_text())
     assert result["name"] == name

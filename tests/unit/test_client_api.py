@@ -10,6 +10,7 @@ import asyncio
 import inspect
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,10 +21,12 @@ import audiotext.client as client_pkg
 from audiotext.client import (
     APIConnectionError,
     AsyncAudioTextClient,
+    AsyncRealtimeSession,
     AudioTextClient,
     BadRequestError,
     InvalidAudioError,
     OverloadedError,
+    RealtimeSession,
     ServerError,
 )
 from audiotext.server.launcher import free_port
@@ -34,9 +37,10 @@ SPEECH = Path(__file__).parents[1] / "data" / "speech_short.flac"
 def test_public_surface_is_pinned() -> None:
     assert client_pkg.__all__ == [
         "DEFAULT_BASE_URL", "SAMPLE_RATE", "APIConnectionError", "APIError", "APIStatusError",
-        "AsyncAudioTextClient", "AudioSource", "AudioTextClient", "AudioTextError",
-        "AuthenticationError", "BadRequestError", "BatchResult", "Generation", "InvalidAudioError",
-        "InvalidRequestError", "OverloadedError", "ServerError", "audio_token_count", "load_audio",
+        "AsyncAudioTextClient", "AsyncRealtimeSession", "AudioSource", "AudioTextClient",
+        "AudioTextError", "AuthenticationError", "BadRequestError", "BatchResult", "Generation",
+        "InvalidAudioError", "InvalidRequestError", "OverloadedError", "RealtimeSession",
+        "Segment", "ServerError", "Transcription", "audio_token_count", "load_audio",
     ]  # fmt: skip
 
 
@@ -54,9 +58,16 @@ def test_sync_and_async_twins_have_the_same_signatures() -> None:
     for name, signature in sync.items():
         other = asyn[name]
         assert list(signature.parameters.values()) == list(other.parameters.values()), name
-    for name in ("generate", "generate_result", "chat", "generate_batch", "close"):
+    for name in ("generate", "generate_result", "chat", "generate_batch", "transcribe",
+                 "translate", "close"):  # fmt: skip
         assert inspect.iscoroutinefunction(getattr(AsyncAudioTextClient, name))
     assert inspect.isasyncgenfunction(AsyncAudioTextClient.stream)
+    sync, asyn = public_methods(RealtimeSession), public_methods(AsyncRealtimeSession)
+    assert sync.keys() == asyn.keys()
+    for name, signature in sync.items():
+        assert [p.name for p in signature.parameters.values()] == [
+            p.name for p in asyn[name].parameters.values()
+        ], name
     assert inspect.isgeneratorfunction(AudioTextClient.stream)
 
 
@@ -150,12 +161,39 @@ def test_invalid_audio_is_raised_before_any_request(stub: Stub) -> None:
     assert stub.requests == 0
 
 
-def test_unreachable_server_is_a_connection_error() -> None:
-    client = AudioTextClient(
-        base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", max_retries=0
-    )
-    with pytest.raises(APIConnectionError):
+def test_nothing_listening_fails_at_once_naming_the_address() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    client = AudioTextClient(base_url=url, model="m", max_retries=2)
+    started = time.monotonic()
+    with pytest.raises(APIConnectionError) as caught:
         client.generate({"audio": SPEECH})
+    # Refused is final: no retries with back-off (the SDK's would take seconds).
+    assert time.monotonic() - started < 1.0
+    assert (caught.value.url, caught.value.reason) == (url, "connection refused")
+    assert url in str(caught.value) and "AUDIOTEXT_BASE_URL" in str(caught.value)
+
+    async def run() -> None:
+        async with AsyncAudioTextClient(base_url=url, max_retries=2) as asynchronous:
+            with pytest.raises(APIConnectionError, match="connection refused"):
+                await asynchronous.generate({"audio": SPEECH})
+
+    started = time.monotonic()
+    asyncio.run(run())
+    assert time.monotonic() - started < 1.0
+
+
+def test_base_url_follows_the_servers_host_and_port_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AUDIOTEXT_BASE_URL", raising=False)
+    monkeypatch.setenv("AUDIOTEXT_PORT", "8123")
+    assert AudioTextClient().base_url == "http://localhost:8123/v1"
+    monkeypatch.setenv("AUDIOTEXT_HOST", "0.0.0.0")
+    assert AudioTextClient().base_url == "http://127.0.0.1:8123/v1"
+    monkeypatch.setenv("AUDIOTEXT_HOST", "::1")
+    assert AudioTextClient().base_url == "http://[::1]:8123/v1"
+    monkeypatch.setenv("AUDIOTEXT_BASE_URL", "http://elsewhere:1/v1")
+    assert AudioTextClient().base_url == "http://elsewhere:1/v1"
 
 
 @pytest.mark.parametrize("stub", [(400, "bad")], indirect=True)

@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from audiotext.server import checkpoint
+from audiotext.server import config as config_module
 from audiotext.server.cli import parse_args
 from audiotext.server.config import (
+    CONFIG_ENV,
     ServerConfig,
     config_from_args,
     from_json,
@@ -60,6 +63,14 @@ def test_plugins_read_the_configuration_back_from_the_environment() -> None:
     # vLLM's own media policy flags say the same as audiotext's.
     argv = to_vllm(config).argv
     assert argv[argv.index("--allowed-media-domains") + 1 :][:2] == ("a.test", "b.test")
+
+
+def test_ray_workers_get_the_configuration_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert to_vllm(ServerConfig()).env["VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"] == CONFIG_ENV
+    monkeypatch.setenv("VLLM_RAY_EXTRA_ENV_VARS_TO_COPY", "MY_TOKEN")
+    assert (
+        to_vllm(ServerConfig()).env["VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"] == f"MY_TOKEN,{CONFIG_ENV}"
+    )
 
 
 def test_stock_loads_no_plugin_and_no_connector() -> None:
@@ -199,3 +210,40 @@ def test_unknown_hub_model_offline_is_one_line_error() -> None:
     assert result.returncode == 2
     assert "cannot get model 'nobody/no-such-model'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _cpuinfo(tmp_path: Path, flags: str) -> str:
+    path = tmp_path / f"cpuinfo-{len(list(tmp_path.iterdir()))}"
+    path.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n")
+    return str(path)
+
+
+def test_bfloat16_arithmetic_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    assert config_module.cpu_has_bfloat16(_cpuinfo(tmp_path, "fpu avx2 avx512f avx512_bf16"))
+    assert config_module.cpu_has_bfloat16(_cpuinfo(tmp_path, "fpu avx2 fma")) is False
+    assert config_module.cpu_has_bfloat16(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize(
+    ("native", "dtype", "stock", "given"),
+    [
+        (False, "auto", False, "float32"),  # emulated bfloat16: audiotext keeps float32
+        (True, "auto", False, "auto"),  # native bfloat16: vLLM's choice
+        (None, "auto", False, "auto"),  # unknown CPU: vLLM's choice
+        (False, "bfloat16", False, "bfloat16"),  # asked for: given
+        (False, "auto", True, "auto"),  # stock vLLM keeps its own default
+    ],
+)
+def test_auto_dtype_on_cpu(
+    monkeypatch: pytest.MonkeyPatch, native: bool | None, dtype: str, stock: bool, given: str
+) -> None:
+    monkeypatch.setattr(config_module, "cpu_has_bfloat16", lambda: native)
+    config = ServerConfig(model="tiny", device="cpu", dtype=dtype, stock=stock)
+    argv = list(to_vllm(config).argv)
+    assert argv[argv.index("--dtype") + 1] == given
+
+
+def test_auto_dtype_on_cuda_is_vllms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config_module, "cpu_has_bfloat16", lambda: False)
+    argv = list(to_vllm(ServerConfig(model="tiny", device="cuda")).argv)
+    assert argv[argv.index("--dtype") + 1] == "auto"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -23,13 +25,23 @@ from tests.conftest import SAMPLE_RATE, b64, speech_of, wav_bytes
 def test_windows_cover_everything_and_fit_the_encoder(seconds: float) -> None:
     audio = speech_of(seconds)
     windows = split_windows(audio)
-    # Cuts fall in the last second before each 30 s boundary.
-    assert np.ceil(seconds / 30) <= len(windows) <= np.ceil(seconds / 29)
+    assert len(windows) == np.ceil(seconds / 30)  # the fewest windows: 60 s is two
     assert all(len(w) <= 30 * SAMPLE_RATE for w in windows)
     assert all(audio_token_count(len(w)) >= 1 for w in windows)
     joined = np.concatenate(windows)
     assert np.array_equal(joined[: len(audio)], audio)  # in order, nothing dropped
     assert not joined[len(audio) :].any()  # at most a little silence padding at the end
+
+
+def test_cuts_fall_on_quiet_points_where_the_rest_still_fits() -> None:
+    audio = speech_of(50) + 0.01  # nowhere silent
+    audio[int(29.3 * SAMPLE_RATE) : int(29.5 * SAMPLE_RATE)] = 0.0
+    first, _ = split_windows(audio)
+    assert 29.3 <= len(first) / SAMPLE_RATE < 29.5  # on the pause, not at 30 s
+    # 60 s in two windows leaves no room to move the cut: it is at 30 s.
+    audio = speech_of(60)
+    audio[int(29.3 * SAMPLE_RATE) : int(29.5 * SAMPLE_RATE)] = 0.0
+    assert [len(w) for w in split_windows(audio)] == [30 * SAMPLE_RATE] * 2
 
 
 def test_short_audio_reaches_the_model_as_the_same_16khz_signal() -> None:
@@ -110,6 +122,37 @@ def test_a_full_queue_refuses_with_503_before_decoding(monkeypatch: pytest.Monke
         assert "--max-queued-audio-s" in str(caught.value)
         assert decodes == []
     assert queue.seconds == 0  # released when the requests ended
+
+
+def test_one_request_alone_runs_whatever_its_clips_add_up_to_under_its_limit() -> None:
+    queue = AudioQueue(max_seconds=50)
+    with request_scope(RequestAudio(240, queue)) as heard:
+        take(wav_bytes(speech_of(40)), 240)
+        take(wav_bytes(speech_of(20)), 240)  # over the queue, but only its own audio is there
+        assert queue.seconds == pytest.approx(60)
+    assert heard.seconds == pytest.approx(60) and queue.seconds == 0
+
+
+def test_clips_admitted_before_any_is_heard_count_together() -> None:
+    # vLLM fetches a request's clips in parallel: each is admitted before the others decode.
+    request = RequestAudio(max_seconds=60, queue=AudioQueue(max_seconds=50))
+    request.admit(40)
+    with pytest.raises(AudioRequestError) as caught:
+        request.admit(40)
+    assert caught.value.status == 413  # over the request's limit: not a retryable 503
+    assert request.admitted == pytest.approx(40)
+
+
+def test_clips_taken_in_parallel_threads_are_refused_once_over_the_limit() -> None:
+    clip = wav_bytes(speech_of(40))
+    with request_scope(RequestAudio(60, AudioQueue(max_seconds=50))) as heard:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            jobs = [pool.submit(contextvars.copy_context().run, take, clip, 60) for _ in "ab"]
+        errors = [job.exception() for job in jobs]
+    refusals = [e for e in errors if e is not None]
+    assert len(refusals) == 1 and isinstance(refusals[0], AudioRequestError)
+    assert refusals[0].status == 413
+    assert heard.seconds == pytest.approx(40)
 
 
 @pytest.mark.parametrize(

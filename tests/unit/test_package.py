@@ -36,6 +36,7 @@ def test_the_code_that_runs_is_the_source_or_the_wheel() -> None:
 def test_package_data_is_installed() -> None:
     assert checkpoint.CHAT_TEMPLATE.is_file()
     assert (Path(audiotext.server.__file__ or "").parent / "tokenizer_corpus.txt").is_file()
+    assert (Path(audiotext.server.__file__ or "").parent / "playground.html").is_file()
     for package in (audiotext.server, audiotext.client, audiotext.benchmarks):
         assert (Path(package.__file__ or "").parent / "py.typed").is_file()
 

@@ -1,0 +1,92 @@
+"""Score a server on held-out listening cases: WER for transcription, accuracy per type.
+
+Works against any OpenAI-compatible server serving the listening checkpoint; the cases
+come from `cases.cases` and are spoken here with espeak-ng.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from audiotext.client import AudioTextClient
+from audiotext.server.listening import cases
+from audiotext.server.listening.speech import SAMPLE_RATE, render
+
+# Long enough for every answer of the grammar (a transcript is at most ~12 tokens).
+MAX_NEW_TOKENS = 40
+
+
+def ask(
+    client: AudioTextClient,
+    held: Sequence[cases.Case],
+    concurrency: int = 8,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> list[str]:
+    """The server's greedy answers to `held`, in order (an error's text in its slot)."""
+    requests = [{"audio": (render(c.clip), SAMPLE_RATE), "text": c.instruction} for c in held]
+    results = client.generate_batch(
+        requests,
+        concurrency=concurrency,
+        progress=False,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+    )
+    return [r["generated_text"] if isinstance(r, dict) else f"<error: {r}>" for r in results]
+
+
+def score(held: Sequence[cases.Case], answers: Sequence[str]) -> dict[str, float]:
+    """WER over transcription cases, exact-match accuracy over the other types."""
+    errors = words = 0
+    right: dict[str, list[bool]] = {}
+    for case, answer in zip(held, answers, strict=True):
+        if case.kind == "transcribe":
+            reference = cases.normalize(case.answer)
+            errors += edit_distance(reference, cases.normalize(answer))
+            words += len(reference)
+        else:
+            same = cases.normalize(answer) == cases.normalize(case.answer)
+            right.setdefault(case.kind, []).append(same)
+    out = {"wer": errors / max(words, 1)}
+    out.update({kind: sum(v) / len(v) for kind, v in sorted(right.items())})
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
+    """Word-level Levenshtein distance."""
+    row = list(range(len(hypothesis) + 1))
+    for i, r in enumerate(reference, 1):
+        previous, row[0] = row[0], i
+        for j, h in enumerate(hypothesis, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
+    return row[-1]
+
+
+def words_in_order(reference: Sequence[str], hypothesis: Sequence[str]) -> float:
+    """Share of the reference's words that come back in order (longest common subsequence)."""
+    row = [0] * (len(hypothesis) + 1)
+    for r in reference:
+        previous = 0
+        for j, h in enumerate(hypothesis, 1):
+            previous, row[j] = row[j], previous + 1 if r == h else max(row[j], row[j - 1])
+    return row[-1] / max(len(reference), 1)
+
+
+def score_server(
+    base_url: str,
+    count: int,
+    seed: int,
+    model: str | None = None,
+    api_key: str | None = None,
+    concurrency: int = 8,
+) -> dict[str, Any]:
+    """Speak `count` fresh held-out cases, ask the server, score its answers."""
+    held = cases.cases("held_out", count, seed)
+    with AudioTextClient(base_url=base_url, model=model, api_key=api_key) as client:
+        answers = ask(client, held, concurrency)
+    misses = [
+        {**c.as_json(), "got": a}
+        for c, a in zip(held, answers, strict=True)
+        if cases.normalize(a) != cases.normalize(c.answer)
+    ]
+    return {"cases": len(held), "seed": seed, "scores": score(held, answers), "misses": misses}

@@ -1,0 +1,492 @@
+"""Train the listening checkpoint: real Qwen2-Audio architecture, synthetic speech, CPU.
+
+The objective is the model's own next-token loss on the answer, plus an auxiliary CTC loss
+on the projected audio embeddings (training only; its head is not saved), which makes the
+encoder align audio with words early. Clips are spoken once; every step draws a question
+for each clip afresh and masks a few time and frequency bands (SpecAugment). Audio runs
+through the encoder unpadded, as audiotext serves it (`features.trimmed_features`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from audiotext.server import checkpoint
+from audiotext.server.features import TAIL_FRAMES, trimmed_features
+from audiotext.server.listening import cases
+from audiotext.server.listening.score import score
+from audiotext.server.listening.speech import render
+
+logger = logging.getLogger(__name__)
+
+SIZE = checkpoint.Size(256, 3, 4, 1024, hidden=256, layers=3, heads=4, intermediate=768)
+VOCAB_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the trained weights."""
+
+    seed: int = 0
+    clips: int = 12000
+    steps: int = 1500
+    batch: int = 24
+    lr: float = 2e-3
+    warmup: int = 100
+    ctc_weight: float = 0.5
+    eval_every: int = 250
+    # Share of clips per question type (the rest of the types are drawn per step).
+    # Share of steps that train on recordings of several sentences (1-2 windows each).
+    long_share: float = 0.15
+    long_frames: int = 12000  # mel frames per such batch
+    mix: tuple[tuple[str, float], ...] = (
+        ("transcribe", 0.52),
+        ("long", 0.10),
+        ("pitch", 0.08),
+        ("chat", 0.14),
+        ("language", 0.10),
+        ("sound", 0.06),
+    )
+
+
+@dataclass
+class Example:
+    """One spoken clip, featurised, with what it can be asked."""
+
+    features: torch.Tensor  # (mel bins, frames), float16
+    frames: int
+    tasks: list[tuple[str, str | None, str]]
+    transcript: str | None  # for the CTC loss: English speech only
+    long: bool = False  # a recording of several sentences
+
+
+def tokenizer_lines() -> list[str]:
+    """Text the listening tokenizer is trained on: the base corpus and the grammar's world."""
+    g = cases.grammar()
+    rng = random.Random(0)
+    lines = checkpoint.CORPUS.read_text(encoding="utf-8").splitlines()
+    for split in ("train", "held_out"):
+        for case in cases.cases(split, 3000, seed=1):
+            lines += [case.answer, case.instruction or ""]
+            lines.append(case.clip.text or "")
+    for _ in range(3000):
+        lines.append(cases.written(cases.english_sentence(rng, "train")[0]))
+    for kind in g["instructions"].values():
+        lines += kind * 20
+    return lines
+
+
+def speak_all(clips: Sequence[cases.Clip], extractor: Any, workers: int = 6) -> list[Example]:
+    """Render and featurise clips (espeak-ng waits on I/O, so threads overlap it)."""
+
+    def one(clip: cases.Clip) -> Example:
+        audio = render(clip)
+        features, mask = trimmed_features(extractor, audio)
+        english = clip.sound == "speech" and clip.language == "English"
+        return Example(
+            features=features.to(torch.float16),
+            frames=int(mask.sum()),
+            tasks=cases.tasks(clip),
+            transcript=" ".join(cases.normalize(" ".join(clip.sentences))) if english else None,
+            long=bool(clip.more),
+        )
+
+    out: list[Example] = []
+    started = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool:
+        for i, example in enumerate(pool.map(one, clips)):
+            out.append(example)
+            if (i + 1) % 1000 == 0:
+                logger.info(
+                    "spoke %d/%d clips (%.0f s)", i + 1, len(clips), time.monotonic() - started
+                )
+    return out
+
+
+def draw_clips(recipe: Recipe) -> list[cases.Clip]:
+    """The training clips: question types in the recipe's mix, from training voices only."""
+    rng = random.Random(f"train-clips-{recipe.seed}")
+    kinds = [k for k, _ in recipe.mix]
+    weights = [w for _, w in recipe.mix]
+    return [
+        cases.draw_clip(rng, "train", rng.choices(kinds, weights)[0]) for _ in range(recipe.clips)
+    ]
+
+
+class CTCHead(nn.Module):
+    """CTC over the model's own output vocabulary (tied to `lm_head`) plus a blank.
+
+    Tying puts the audio embeddings where the language model's output lives, so copying
+    heard words into the answer is nearly the identity.
+    """
+
+    def __init__(self, lm_head: nn.Linear) -> None:
+        super().__init__()
+        self.lm_head = [lm_head]  # a reference, not a submodule: trained as part of the model
+        self.blank = nn.Linear(lm_head.in_features, 1)
+
+    @property
+    def blank_id(self) -> int:
+        return int(self.lm_head[0].out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.lm_head[0](x), self.blank(x)], dim=-1)
+
+
+class Prompts:
+    """Token ids of the served prompt (the real chat template) around the audio."""
+
+    def __init__(self, tokenizer: Any, template: str) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        self.audio_id = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+        self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self._cache: dict[str | None, tuple[list[int], list[int]]] = {}
+
+    def around_audio(self, instruction: str | None) -> tuple[list[int], list[int]]:
+        """Ids before and after the audio placeholder, generation prompt included."""
+        if instruction not in self._cache:
+            content: list[dict[str, str]] = [{"type": "audio", "audio_url": "clip"}]
+            if instruction is not None:
+                content.append({"type": "text", "text": instruction})
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}],
+                chat_template=self.template,
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            before, after = text.split("<|AUDIO|>")
+            self._cache[instruction] = (self.encode(before), self.encode(after))
+        return self._cache[instruction]
+
+    def prompt(self, instruction: str | None, windows: list[int]) -> list[int]:
+        """The whole prompt for audio of `windows` (audio tokens per window)."""
+        before, after = self.around_audio(instruction)
+        between = self.encode("<|audio_eos|><|audio_bos|>")
+        audio: list[int] = []
+        for i, count in enumerate(windows):
+            audio += [*(between if i else []), *[self.audio_id] * count]
+        return [*before, *audio, *after]
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+
+
+def encode_batch(model: Any, features: list[torch.Tensor], frames: list[int]) -> list[torch.Tensor]:
+    """Projected audio embeddings per clip, unpadded, as the padding-free encoder serves them.
+
+    Args:
+        model: the Qwen2-Audio model being trained.
+        features: per clip, (mel bins, frames) features: the valid frames and a short tail.
+        frames: per clip, how many frames are valid (the processor's attention mask).
+
+    Clips are padded to the batch's longest; padded positions are masked as keys, so each
+    clip's embeddings are those of the clip alone.
+    """
+    tower, projector = model.model.audio_tower, model.model.multi_modal_projector
+    lengths = torch.tensor(frames)
+    positions, counts = tower._get_feat_extract_output_lengths(lengths)
+    # conv2 (stride 2) position p reads frames up to 2p + 2: each clip keeps its frames up to
+    # there (as `encoder.encode_valid_frames` does) and zeros after.
+    x = torch.zeros(len(features), features[0].shape[0], 2 * int(positions.max()) + 1)
+    for i, (f, n) in enumerate(zip(features, positions.tolist(), strict=True)):
+        kept = f[:, : 2 * n + 1]
+        x[i, :, : kept.shape[-1]] = kept.float()
+    x = nn.functional.gelu(tower.conv1(x))
+    x = nn.functional.gelu(tower.conv2(x)).permute(0, 2, 1)
+    x = x + tower.embed_positions.weight[: x.shape[1]]
+    keys = torch.arange(x.shape[1])[None, :] < positions[:, None]
+    mask = torch.zeros(len(features), 1, 1, x.shape[1])
+    mask.masked_fill_(~keys[:, None, None, :], torch.finfo(x.dtype).min)
+    for layer in tower.layers:
+        x = layer(x, mask)
+    x = tower.avg_pooler(x.permute(0, 2, 1)).permute(0, 2, 1)
+    x = projector(tower.layer_norm(x))
+    return [x[i, : int(n)] for i, n in enumerate(counts)]
+
+
+def spec_augment(features: torch.Tensor, frames: int, rng: random.Random) -> torch.Tensor:
+    """Mask two frequency bands and two short time spans of the valid frames."""
+    out = features.float().clone()
+    fill = out[:, :frames].mean()
+    for _ in range(2):
+        width = rng.randint(0, 12)
+        start = rng.randint(0, out.shape[0] - width)
+        out[start : start + width, :frames] = fill
+    for _ in range(2):
+        width = rng.randint(0, max(1, min(15, frames // 12)))
+        start = rng.randint(0, max(0, frames - width))
+        out[:, start : start + width] = fill
+    return out
+
+
+def sequences(
+    prompts: Prompts, chosen: list[tuple[str | None, str]], windows: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padded input ids, attention mask and labels (answer tokens and the end token only).
+
+    `windows` holds each sample's audio-token counts per 30 s window; windows follow each
+    other as audiotext's processor lays them out (`<|audio_eos|><|audio_bos|>` between).
+    """
+    rows, labels = [], []
+    for (instruction, answer), counts in zip(chosen, windows, strict=True):
+        target = [*prompts.encode(answer), prompts.end_id]
+        prompt = prompts.prompt(instruction, counts)
+        rows.append(prompt + target)
+        labels.append([-100] * len(prompt) + target)
+    ids, attention = padded(rows, prompts.tokenizer.pad_token_id)
+    label_ids, _ = padded(labels, -100)
+    return ids, attention, label_ids
+
+
+def padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows right-padded with `pad` to the longest, and their attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return ids, attention
+
+
+def lm_hidden(
+    model: Any, ids: torch.Tensor, attention: torch.Tensor, audio: list[torch.Tensor]
+) -> torch.Tensor:
+    """The language model's last hidden states with audio embeddings in place."""
+    embeds = model.model.language_model.embed_tokens(ids)
+    slots = (ids == model.config.audio_token_id)[..., None]
+    embeds = embeds.masked_scatter(slots, torch.cat(audio).to(embeds.dtype))
+    out = model.model.language_model(inputs_embeds=embeds, attention_mask=attention)
+    hidden: torch.Tensor = out.last_hidden_state
+    return hidden
+
+
+def train(out: Path, recipe: Recipe = Recipe(), init: Path | None = None) -> Path:
+    """Speak the clips, train, and write the checkpoint folder `out` (official layout).
+
+    Args:
+        out: the checkpoint folder to write.
+        recipe: clips, steps, schedule and losses.
+        init: a listening checkpoint to continue from (its weights; a fresh optimizer).
+    """
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    staging = out.with_name(out.name + ".staging")
+    staging.mkdir(parents=True, exist_ok=True)
+    tokenizer = checkpoint.train_tokenizer(tokenizer_lines(), VOCAB_SIZE)
+    checkpoint.save_processor(tokenizer, staging)
+    config = checkpoint.model_config(SIZE, tokenizer, VOCAB_SIZE)
+    processor = AutoProcessor.from_pretrained(staging)
+    prompts = Prompts(processor.tokenizer, checkpoint.CHAT_TEMPLATE.read_text(encoding="utf-8"))
+
+    started = time.monotonic()
+    # Spoken clips are kept beside the output, so a restarted run skips speaking.
+    spoken = out.parent / f".{out.name}-clips-{recipe.seed}-{recipe.clips}.pt"
+    if spoken.exists():
+        examples = torch.load(spoken, weights_only=False)
+    else:
+        examples = speak_all(draw_clips(recipe), processor.feature_extractor)
+        torch.save(examples, spoken)
+    held = [c for c in cases.cases("held_out", 70, seed=recipe.seed + 1)]
+    held_examples = speak_all([c.clip for c in held], processor.feature_extractor)
+    logger.info("%d clips spoken in %.0f s", len(examples), time.monotonic() - started)
+
+    if init is None:
+        model = Qwen2AudioForConditionalGeneration(config)
+    else:
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(init, dtype=torch.float32)
+    model.train()
+    tower = model.model.audio_tower
+    tower.embed_positions.weight.data.copy_(
+        checkpoint.sinusoids(*tower.embed_positions.weight.shape)
+    )
+    tower.embed_positions.weight.requires_grad_(False)
+    ctc_head = CTCHead(model.lm_head)
+    parameters = [p for p in model.parameters() if p.requires_grad] + list(ctc_head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_scale(s, recipe))
+    ctc = nn.CTCLoss(blank=ctc_head.blank_id, zero_infinity=True)
+    logger.info("training %.1f M parameters for %d steps", _millions(model), recipe.steps)
+
+    short = sorted((e for e in examples if not e.long), key=lambda e: e.frames)
+    long = sorted((e for e in examples if e.long), key=lambda e: e.frames)
+    for step in range(recipe.steps):
+        samples = draw_batch(rng, recipe, long if rng.random() < recipe.long_share else short)
+        loss, aux = batch_loss(model, ctc_head, ctc, prompts, samples, rng)
+        total = loss + recipe.ctc_weight * aux if aux is not None else loss
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()  # type: ignore[no-untyped-call]
+        nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 25 == 0 or step == recipe.steps - 1:
+            elapsed = time.monotonic() - started
+            logger.info(
+                "step %d/%d loss %.3f ctc %.3f lr %.2e (%.0f s)",
+                step,
+                recipe.steps,
+                loss.item(),
+                aux.item() if aux is not None else 0.0,
+                schedule.get_last_lr()[0],
+                elapsed,
+            )
+        if (step + 1) % recipe.eval_every == 0 or step == recipe.steps - 1:
+            scores = evaluate(model, prompts, held, held_examples)
+            logger.info("held-out after %d steps: %s", step + 1, scores)
+            # The folder is complete after every evaluation, so a stopped run leaves one.
+            checkpoint.save_configs(config, staging, dtype="bfloat16")
+            checkpoint.save_trained_weights(model, staging, dtype=torch.bfloat16)
+
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    logger.info("wrote %s in %.0f s", out, time.monotonic() - started)
+    return out
+
+
+def draw_batch(rng: random.Random, recipe: Recipe, pool: list[Example]) -> list[list[Example]]:
+    """Samples of similar length from `pool` (sorted by length), each of one or more windows.
+
+    Short clips come `batch` at a time; recordings up to `long_frames` mel frames in all,
+    and half of them in pairs, heard as two windows of one long clip.
+    """
+    if not pool[0].long:
+        start = rng.randrange(0, len(pool) - recipe.batch)
+        return [[e] for e in pool[start : start + recipe.batch]]
+    start = rng.randrange(0, len(pool))
+    chosen: list[Example] = []
+    frames = 0
+    for e in pool[start:] + pool[:start]:
+        if chosen and frames + e.frames > recipe.long_frames:
+            break
+        chosen.append(e)
+        frames += e.frames
+    half = len(chosen) // 4 * 2
+    return [chosen[i : i + 2] for i in range(0, half, 2)] + [[e] for e in chosen[half:]]
+
+
+def batch_loss(
+    model: Any,
+    ctc_head: CTCHead,
+    ctc: nn.CTCLoss,
+    prompts: Prompts,
+    samples: list[list[Example]],
+    rng: random.Random,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Answer loss (next token) and auxiliary CTC loss of one batch, questions drawn afresh."""
+    windows = [e for sample in samples for e in sample]
+    feats = [spec_augment(e.features, e.frames, rng) for e in windows]
+    audio = encode_batch(
+        model,
+        [f[:, : e.frames + TAIL_FRAMES] for f, e in zip(feats, windows, strict=True)],
+        [e.frames for e in windows],
+    )
+    chosen = []
+    for sample in samples:
+        _, instruction, answer = rng.choice(sample[0].tasks)
+        if len(sample) > 1:  # one recording, two windows: both transcripts in order
+            answer = " ".join(
+                rng.choice([t for t in e.tasks if t[1] == instruction])[2] for e in sample
+            )
+        chosen.append((instruction, answer))
+    counts, i = [], 0
+    for sample in samples:
+        counts.append([len(a) for a in audio[i : i + len(sample)]])
+        i += len(sample)
+    ids, attention, labels = sequences(prompts, chosen, counts)
+    hidden = lm_hidden(model, ids, attention, audio)
+    answer_mask = labels[:, 1:] != -100
+    logits = model.lm_head(hidden[:, :-1][answer_mask])
+    loss = nn.functional.cross_entropy(logits, labels[:, 1:][answer_mask])
+    return loss, _ctc_loss(ctc, ctc_head, audio, windows, prompts)
+
+
+def _ctc_loss(
+    ctc: nn.CTCLoss,
+    head: CTCHead,
+    audio: list[torch.Tensor],
+    batch: list[Example],
+    prompts: Prompts,
+) -> torch.Tensor | None:
+    chosen = [(a, e.transcript) for a, e in zip(audio, batch, strict=True) if e.transcript]
+    if not chosen:
+        return None
+    targets = [prompts.encode(" " + t) for _, t in chosen]
+    width = max(len(a) for a, _ in chosen)
+    stacked = torch.stack([nn.functional.pad(a, (0, 0, 0, width - len(a))) for a, _ in chosen])
+    log_probs = head(stacked).float().log_softmax(-1).transpose(0, 1)
+    loss: torch.Tensor = ctc(
+        log_probs,
+        torch.tensor([i for t in targets for i in t]),
+        torch.tensor([len(a) for a, _ in chosen]),
+        torch.tensor([len(t) for t in targets]),
+    )
+    return loss
+
+
+@torch.no_grad()
+def greedy(
+    model: Any, prompts: Prompts, asked: list[tuple[str | None, Example]], limit: int = 24
+) -> list[str]:
+    """Greedy answers (no cache: the model is small) for (instruction, clip) pairs."""
+    audio = encode_batch(
+        model,
+        [e.features[:, : e.frames + TAIL_FRAMES].float() for _, e in asked],
+        [e.frames for _, e in asked],
+    )
+    done: list[list[int]] = [[] for _ in asked]
+    finished = [False] * len(asked)
+    for _ in range(limit):
+        rows = []
+        for (instruction, _), clip, tokens in zip(asked, audio, done, strict=True):
+            rows.append([*prompts.prompt(instruction, [len(clip)]), *tokens])
+        ids, attention = padded(rows, prompts.tokenizer.pad_token_id)
+        hidden = lm_hidden(model, ids, attention, audio)
+        last = hidden[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
+        nxt = model.lm_head(last).argmax(-1).tolist()
+        for i, token in enumerate(nxt):
+            if not finished[i]:
+                if token == prompts.end_id:
+                    finished[i] = True
+                else:
+                    done[i].append(token)
+        if all(finished):
+            break
+    return [prompts.tokenizer.decode(t) for t in done]
+
+
+def evaluate(
+    model: Any, prompts: Prompts, held: list[cases.Case], examples: list[Example]
+) -> dict[str, float]:
+    """Word error rate (transcription) and accuracy per question type on held-out cases."""
+    model.eval()
+    asked = [(c.instruction, e) for c, e in zip(held, examples, strict=True)]
+    answers = [
+        a for i in range(0, len(asked), 16) for a in greedy(model, prompts, asked[i : i + 16])
+    ]
+    model.train()
+    return score(held, answers)
+
+
+def _lr_scale(step: int, recipe: Recipe) -> float:
+    if step < recipe.warmup:
+        return (step + 1) / recipe.warmup
+    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _millions(model: nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6

@@ -1,0 +1,123 @@
+"""The listening checkpoint's world, its training encoder and its committed files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from audiotext.server import checkpoint
+from audiotext.server.encoder import encode_valid_frames
+from audiotext.server.features import trimmed_features
+from audiotext.server.listening import cases, score, train
+from audiotext.server.listening.speech import render
+
+COMMITTED = checkpoint.TRAINED["listening"]
+
+
+def test_cases_are_reproducible_and_cover_every_question_type() -> None:
+    first = cases.cases("held_out", 21, seed=3)
+    assert first == cases.cases("held_out", 21, seed=3)
+    assert first != cases.cases("held_out", 21, seed=4)
+    assert {c.kind for c in first} == set(cases.KINDS)
+    assert all(c.instruction is None for c in first if c.kind == "chat")
+
+
+def test_sentences_command_prints_the_public_case_form() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "audiotext.server.cli",
+            "model",
+            "sentences",
+            "--size",
+            "listening",
+            "--held-out",
+            "--count",
+            "7",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(lines) == 7
+    assert lines == [c.as_json() for c in cases.cases("held_out", 7, seed=1)]
+    assert {"text", "voice", "instruction", "answer"} <= set(lines[0])
+    held_voices = set(cases.grammar()["voices"]["held_out"])
+    assert all(line["voice"] in held_voices for line in lines if line["voice"])
+
+
+def test_chat_answers_are_the_arithmetic_spoken() -> None:
+    words = cases.grammar()["vocabulary"]["answer_number"]
+    for case in cases.cases("train", 40, seed=0, kinds=("chat",)):
+        assert case.clip.text is not None
+        _, _, a, op, b = case.clip.text.split()
+        value = words.index(a) + words.index(b) if op == "plus" else words.index(a) - words.index(b)
+        assert case.answer == words[value]
+
+
+def test_scoring_counts_word_errors_and_order() -> None:
+    assert score.edit_distance(["a", "b", "c"], ["a", "x", "c", "d"]) == 2
+    assert score.words_in_order(["a", "b", "c", "d"], ["a", "c", "b", "d"]) == 0.75
+    held = cases.cases("held_out", 2, seed=0, kinds=("transcribe", "colour"))
+    perfect = score.score(held, [c.answer for c in held])
+    assert perfect == {"wer": 0.0, "colour": 1.0}
+    wrong = score.score(held, ["", "nothing"])
+    assert wrong == {"wer": 1.0, "colour": 0.0}
+
+
+def test_training_encoder_equals_the_served_padding_free_encoder() -> None:
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(COMMITTED)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
+    clips = [c.clip for c in cases.cases("held_out", 4, seed=9)]
+    pairs = [trimmed_features(processor.feature_extractor, render(c)) for c in clips]
+    served = encode_valid_frames(
+        model.model.audio_tower,
+        model.model.multi_modal_projector,
+        [f for f, _ in pairs],
+        [m for _, m in pairs],
+    )
+    with torch.no_grad():
+        trained = train.encode_batch(model, [f for f, _ in pairs], [int(m.sum()) for _, m in pairs])
+    for a, b in zip(served, trained, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_committed_checkpoint_is_small_official_and_bfloat16() -> None:
+    weights = COMMITTED / "model.safetensors"
+    assert weights.stat().st_size <= 25 * 1024 * 1024
+    with safe_open(str(weights), framework="pt") as f:
+        keys = list(f.keys())
+        assert {f.get_tensor(k).dtype for k in keys} == {torch.bfloat16}
+    assert "language_model.lm_head.weight" in keys
+    assert not any(k.startswith("language_model.model.model.") for k in keys)
+    config = json.loads((COMMITTED / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"
+    assert config["text_config"]["head_dim"] >= 64
+
+
+def test_building_listening_copies_the_committed_checkpoint(tmp_path: Path) -> None:
+    out = checkpoint.build("listening", tmp_path / "listening")
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (out / name).read_bytes() == (COMMITTED / name).read_bytes()
+    assert checkpoint.builtin_path("listening").name.startswith("listening-")
+
+
+@pytest.mark.parametrize("word", ["red", "kitchen", "twelve", "bottles"])
+def test_grammar_words_are_single_tokens(word: str) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(COMMITTED)
+    assert len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
