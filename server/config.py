@@ -121,7 +121,8 @@ class ServerConfig:
     keep_alive_s: int = _opt(
         75,
         "Seconds an idle HTTP connection is kept open. Longer than clients keep theirs "
-        "(httpx and the OpenAI SDK: 5 s), so a client never reuses one the server is closing.",
+        "(httpx and the OpenAI SDK: 5 s), so a client never reuses one the server is closing "
+        "(not with --stock).",
     )
     realtime_max_sessions: int = _opt(
         64, "Realtime (/v1/realtime) sessions open at once at most; beyond, close code 1013."

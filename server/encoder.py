@@ -34,7 +34,7 @@ Clip = tuple[torch.Tensor, int, int]
 # On CPU a pack larger than this loses more to memory traffic (activations no longer
 # fit in cache) than it gains from larger matrix products: short clips are packed
 # together up to it, longer ones run alone, as per clip (README, "Padding-free audio
-# encoder": 32 clips of 1-30 s cost 1.4x per clip's time in one forward, 1.0x so packed).
+# encoder": 32 clips of 1-30 s cost 1.3x per clip's time in one forward, 1.0x so packed).
 CPU_PACK_POSITIONS = 512
 
 

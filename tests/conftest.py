@@ -118,12 +118,16 @@ def process_tree(pid: int) -> list[Any]:
     return [root, *root.children(recursive=True)]
 
 
-def lower_priority(pid: int, niceness: int = 10) -> None:
-    """Run a process tree, every thread of it, below this test process's priority: a client
-    on its own machine is never starved by the server's cores, as one sharing 2 cores is."""
+def lower_priority(pid: int, by: int = 10) -> None:
+    """Run a process tree, every thread of it, `by` below this test process's priority: a
+    client on its own machine is never starved by the server's cores, as one sharing 2 is."""
+    import psutil
+
+    niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + by)
     for process in process_tree(pid):
-        for thread in process.threads():
-            os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            for thread in process.threads():
+                os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
 
 
 def left_alive(processes: list[Any], within: float = 10.0) -> list[Any]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -51,10 +52,8 @@ def own_server(
         yield server
 
 
-# Tokens of the request in flight at SIGTERM: its stream (some 800 kB) is larger than the
-# buffers between the server and a client that reads nothing.
-LONG = 4000
-SLOW_READER = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+# Tokens of the answer to the request in flight at SIGTERM, all generated while draining.
+LONG = 256
 
 # HTTP-serving processes per mode: vLLM's process itself, or the API servers it starts.
 API_SERVERS = {"one API server": 1, "two API servers": 2, "data parallel": 2}
@@ -100,29 +99,45 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(
     scrapes = [httpx.get(base(own_server) + "/metrics", timeout=30) for _ in range(6)]
     assert [parse(r.text).value("audiotext_audio_decodes_total") for r in scrapes] == [8.0] * 6
     assert len(api_servers(own_server)) == API_SERVERS[request.node.callspec.params["own_server"]]
-    # In flight at the signal, however fast the engine: an answer streamed to a client that
-    # reads nothing yet, through a small receive buffer, cannot end before the client reads it.
-    long_answer = {**chat_body(LONG, stream=True), "stream_options": {"include_usage": True}}
-    slow = httpx.Client(base_url=base(own_server), timeout=120, transport=SLOW_READER)
-    with slow.stream("POST", "/v1/chat/completions", json=long_answer) as stream:
-        events = stream.iter_lines()
-        assert stream.status_code == 200 and next(events).startswith("data: ")
-        processes = process_tree(own_server.proc.pid)
-        os.kill(own_server.proc.pid, signal.SIGTERM)
-        time.sleep(0.5)
-        # Draining: not ready, and new work is refused with a retry hint, not a 500. A new
-        # client asks (a fresh connection each): an idle API server may already have closed
-        # its kept-alive connections, as servers do when they stop; the port still answers.
-        # With several API servers, an idle one that is exiting can drop a connection it had
-        # just accepted; a client retries that (the OpenAI SDK does), and gets the 503.
-        health = asked_anew("GET", base(own_server) + "/health")
-        refused = asked_anew("POST", base(own_server) + "/v1/chat/completions", json=chat_body(4))
-        assert health.status_code == 503
-        assert refused.status_code == 503
-        assert refused.headers["retry-after"] == "1"
-        # The answer in flight arrives whole.
-        chunks = [json.loads(e.removeprefix("data: ")) for e in events if e.startswith("data: {")]
-    assert chunks[-1]["usage"]["completion_tokens"] == LONG
+    # In flight at the signal, however fast the engine and however starved this process: a
+    # request sent but for the last byte of its body (the server counts it from its first
+    # line), finished only once the server drains; its whole answer is generated then.
+    release = threading.Event()
+    body = json.dumps(chat_body(LONG)).encode()
+
+    def held_body() -> Iterator[bytes]:
+        yield body[:-1]
+        release.wait(120)
+        yield body[-1:]
+
+    results: list[httpx.Response] = []
+    headers = {"content-type": "application/json"}
+    worker = threading.Thread(
+        target=lambda: results.append(
+            http.post("/v1/chat/completions", content=held_body(), headers=headers)
+        )
+    )
+    worker.start()
+    time.sleep(1)  # the server reads the request's head
+    processes = process_tree(own_server.proc.pid)
+    os.kill(own_server.proc.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    # Draining: not ready, and new work is refused with a retry hint, not a 500. A new
+    # client asks (a fresh connection each): an idle API server may already have closed
+    # its kept-alive connections, as servers do when they stop; the port still answers.
+    # With several API servers, an idle one that is exiting can drop a connection it had
+    # just accepted; a client that retries it (the OpenAI SDK does) gets the 503.
+    health = asked_anew("GET", base(own_server) + "/health")
+    refused = asked_anew("POST", base(own_server) + "/v1/chat/completions", json=chat_body(4))
+    assert not results, "the request in flight was answered before its body was sent"
+    release.set()
+    worker.join(timeout=120)
+    assert health.status_code == 503
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    # The request in flight is served whole, by the engine, during the drain.
+    assert results and results[0].status_code == 200, results
+    assert results[0].json()["usage"]["completion_tokens"] == LONG
     assert own_server.proc.wait(timeout=60) == 0
     assert left_alive(processes) == []
 

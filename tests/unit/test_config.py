@@ -77,6 +77,12 @@ def test_stock_loads_no_plugin_and_no_connector() -> None:
     env = to_vllm(ServerConfig(stock=True)).env
     assert env["VLLM_PLUGINS"] == ""
     assert "VLLM_MEDIA_CONNECTOR" not in env and "AUDIOTEXT_SERVER_CONFIG" not in env
+    assert "VLLM_HTTP_TIMEOUT_KEEP_ALIVE" not in env  # stock keeps vLLM's 5 s
+
+
+def test_idle_connections_outlive_the_clients_pools() -> None:
+    assert to_vllm(ServerConfig()).env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "75"
+    assert to_vllm(ServerConfig(keep_alive_s=120)).env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "120"
 
 
 def test_cuda_uses_memory_fraction_not_kv_bytes() -> None:
