@@ -30,11 +30,11 @@ from audiotext.client._constants import (
     DEFAULT_TIMEOUT_S,
     MAX_FETCH_BYTES,
     MODEL_ENV,
+    RESPONSE_FORMATS,
+    ResponseFormat,
 )
 from audiotext.client._core import (
-    RESPONSE_FORMATS,
     Generation,
-    ResponseFormat,
     Transcription,
     completion_params,
     default_base_url,

@@ -1,5 +1,7 @@
 """Named defaults, shared with the server where they meet (environment variable names)."""
 
+from typing import Literal
+
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
 BASE_URL_ENV = "AUDIOTEXT_BASE_URL"
 # `audiotext serve` listens where these say; without a base URL the client goes there too.
@@ -23,3 +25,7 @@ SAMPLE_RATE = 16000
 HOP_LENGTH = 160
 # Remote audio fetched by the client (fetch_urls=True) is capped at this size.
 MAX_FETCH_BYTES = 64 * 2**20
+
+# Transcript formats of /v1/audio/transcriptions and /v1/audio/translations.
+ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
+RESPONSE_FORMATS: tuple[ResponseFormat, ...] = ("json", "text", "verbose_json", "srt", "vtt")

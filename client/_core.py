@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from audiotext.client._constants import (
     BASE_URL_ENV,
@@ -23,9 +23,6 @@ from audiotext.client._exceptions import APIStatusError, AudioTextError, Invalid
 from audiotext.client.audio import AudioSource, PreparedAudio
 from audiotext.client.task import api_name, canonical_params, parse_task
 from audiotext.client.task import completion_params as completion_params
-
-ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
-RESPONSE_FORMATS: tuple[ResponseFormat, ...] = ("json", "text", "verbose_json", "srt", "vtt")
 
 _ROLES = ("system", "user", "assistant")
 # Keys of a Hugging Face style audio part that hold the audio itself.

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--seed", type=int, default=0)
     score.add_argument("--concurrency", type=int, default=8)
 
-    from audiotext.client import _cli as client_cli
+    from audiotext.client import _cli_args as client_cli
 
     client_commands = {
         "ask": (

@@ -52,3 +52,16 @@ def test_the_command_is_installed() -> None:
     command = Path(sys.executable).parent / "audiotext"
     done = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "serve" in done.stdout
+
+
+def test_the_command_line_parses_without_importing_the_heavy_libraries() -> None:
+    # The supervisor parses `audiotext serve` before it starts vLLM: seconds matter there.
+    code = (
+        "import sys\n"
+        "from audiotext.server import cli\n"
+        "for argv in (['serve', '--model', 'tiny'], ['ask', 'a.wav', 'hi'], ['transcribe', 'a.wav']):\n"
+        "    cli.config_from_args(*cli.parse_args(argv)) if argv[0] == 'serve' else cli.parse_args(argv)\n"
+        "print(sorted(m for m in ('openai', 'vllm', 'torch', 'transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
