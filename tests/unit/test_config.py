@@ -85,6 +85,15 @@ def test_idle_connections_outlive_the_clients_pools() -> None:
     assert to_vllm(ServerConfig(keep_alive_s=120)).env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "120"
 
 
+def test_cpu_warm_starts_reuse_the_compile_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
+    assert to_vllm(ServerConfig(device="cpu")).env["VLLM_USE_AOT_COMPILE"] == "0"
+    assert "VLLM_USE_AOT_COMPILE" not in to_vllm(ServerConfig(device="cuda")).env
+    assert "VLLM_USE_AOT_COMPILE" not in to_vllm(ServerConfig(device="cpu", stock=True)).env
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    assert "VLLM_USE_AOT_COMPILE" not in to_vllm(ServerConfig(device="cpu")).env
+
+
 def test_cuda_uses_memory_fraction_not_kv_bytes() -> None:
     argv = to_vllm(ServerConfig(device="cuda", gpu_memory_utilization=0.8)).argv
     assert flag_value(argv, "--gpu-memory-utilization") == "0.8"

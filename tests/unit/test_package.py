@@ -48,6 +48,21 @@ def test_vllm_finds_and_loads_both_plugins() -> None:
     assert endpoint["audiotext_routes"].load()().name == "audiotext_routes"
 
 
+def test_the_model_class_itself_is_registered_so_vllm_inspects_it_in_process() -> None:
+    # Registered lazily (`module:Class`), vLLM would inspect it in a subprocess that imports
+    # vLLM again (12 s on a cold start: `python -m audiotext.benchmarks.startup`).
+    from vllm import ModelRegistry
+    from vllm.model_executor.models.registry import _RegisteredModel
+
+    from audiotext.server import model_plugin
+
+    model_plugin.register()
+    registered = ModelRegistry.models[model_plugin.ARCHITECTURE]
+    assert isinstance(registered, _RegisteredModel)
+    assert registered.model_cls.__module__ == "audiotext.server.qwen2_audio"
+    assert registered.inspect_model_cls().supports_multimodal
+
+
 def test_the_command_is_installed() -> None:
     command = Path(sys.executable).parent / "audiotext"
     done = subprocess.run([command, "--help"], capture_output=True, text=True, timeout=60)

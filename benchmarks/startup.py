@@ -1,0 +1,219 @@
+"""Start-up: seconds from `audiotext serve` to `/health` 200, and where they go.
+
+    python -m audiotext.benchmarks.startup [--size tiny] [--systems audiotext,vllm] [--warm 2]
+
+Per system, one cold start (empty compile caches: a fresh `VLLM_CACHE_ROOT` and
+`TORCHINDUCTOR_CACHE_DIR` of its own) and `--warm` warm starts on the caches the cold one
+filled; the systems take turns (cold, cold, warm, warm, ...) so that load on the machine
+hits them alike. `vllm` is stock vLLM behind the same launcher (`--stock`: no plugins,
+vLLM's own environment). The server's output is read line by line as it comes; each phase
+ends at the first line that marks it (`PHASES`), the last at `/health` 200 (polled every
+0.5 s). "Cold" means the compile caches only: Python's bytecode and the OS page cache stay
+warm. Prints a table and writes the records as JSON (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from audiotext.benchmarks.bench import machine, versions
+from audiotext.benchmarks.systems import VLLM_CPU_SERVER_DEFAULTS
+from audiotext.server.config import ServerConfig
+from audiotext.server.launcher import ServerProcess, free_port
+
+# (phase, the line that ends it): the phases of one start, in order.
+PHASES = (
+    # The supervisor and the API server process (`audiotext serve` imports vLLM's server).
+    ("api_server_imports", "Starting vLLM:"),
+    # vLLM reads the model's config and inspects its class: for a class registered lazily
+    # (stock vLLM's own), in a subprocess that imports vLLM again when the cache misses.
+    ("model_inspection", "Resolved architecture:"),
+    # vLLM spawns the engine core process, which imports vLLM again.
+    ("engine_process", "Initializing a V1 LLM engine"),
+    # The engine spawns its worker (on CPU always a process of its own), again importing.
+    ("worker_process", "Starting to load model"),
+    ("weights", "Loading weights took"),
+    # torch.compile (or its cache), the encoder's profiling run and the warm-up pass.
+    ("compile_and_warm_up", "Warming up done"),
+    ("kv_cache", "init engine (profile, create kv cache, warmup model) took"),
+)
+READY_PHASE = "api_server_up"  # the engine is ready -> `/health` answers 200
+AOT_LOAD_FAILURE = "Compiling model again due to a load failure"
+
+
+@dataclass
+class Start:
+    system: str
+    kind: str  # cold | warm
+    ready_s: float
+    phases: dict[str, float]
+    aot_load_failed: bool
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", default="tiny", help="built-in checkpoint")
+    parser.add_argument("--systems", default="audiotext,vllm", help="audiotext, vllm or both")
+    parser.add_argument("--warm", type=int, default=2, help="warm starts per system")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--out", type=Path, help="write the records and medians here (JSON)")
+    parser.add_argument("--log-dir", type=Path, help="keep each start's server output here")
+
+
+def server_config(system: str, size: str, dtype: str) -> ServerConfig:
+    """audiotext's defaults, or stock vLLM's as `audiotext bench` runs it."""
+    settings: dict[str, Any] = {"model": size, "dtype": dtype, "port": free_port()}
+    if system == "vllm":
+        settings |= {"stock": True, **VLLM_CPU_SERVER_DEFAULTS}
+    return ServerConfig(**settings)
+
+
+def phases_of(lines: list[tuple[float, str]], ready_s: float) -> dict[str, float]:
+    """Each phase's seconds from the times its end markers arrived; absent markers merge
+    their phase into the next."""
+    phases: dict[str, float] = {}
+    previous = 0.0
+    for name, marker in PHASES:
+        at = next((t for t, line in lines if marker in line), None)
+        if at is not None and at >= previous:
+            phases[name] = at - previous
+            previous = at
+    phases[READY_PHASE] = ready_s - previous
+    return phases
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Any:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def start_once(
+    config: ServerConfig, caches: Path, log_path: Path | None
+) -> tuple[float, list[tuple[float, str]]]:
+    """Start the server with `caches` as its compile caches; ready time and timed lines."""
+    read_fd, write_fd = os.pipe()
+    lines: list[tuple[float, str]] = []
+    log: IO[str] | None = log_path.open("w") if log_path else None
+    t0 = time.perf_counter()
+
+    def read() -> None:
+        with os.fdopen(read_fd, "rb") as stream:
+            for raw in stream:
+                line = raw.decode(errors="replace")
+                lines.append((time.perf_counter() - t0, line))
+                if log:
+                    log.write(f"{lines[-1][0]:8.2f} {line}")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    env = {
+        "VLLM_CACHE_ROOT": str(caches / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
+    }
+    with _environment(env), os.fdopen(write_fd, "wb") as writer:
+        server = ServerProcess(config, log=writer)
+        try:
+            server.start()
+            ready_s = time.perf_counter() - t0
+        finally:
+            writer.close()  # the server's processes hold their own ends
+            server.stop()
+    reader.join(timeout=30)
+    if log:
+        log.close()
+    return ready_s, lines
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - {"audiotext", "vllm"}
+    if unknown:
+        raise SystemExit(f"unknown systems: {', '.join(sorted(unknown))} (audiotext, vllm)")
+    if args.log_dir:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+    starts: list[Start] = []
+    with tempfile.TemporaryDirectory(prefix="audiotext-startup-") as tmp:
+        for round_ in range(1 + args.warm):
+            kind = "cold" if round_ == 0 else "warm"
+            for system in systems:
+                config = server_config(system, args.size, args.dtype)
+                log_path = args.log_dir / f"{system}-{round_}.log" if args.log_dir else None
+                print(f"{system}: {kind} start" + (f" {round_}" if round_ else ""), flush=True)
+                ready_s, lines = start_once(config, Path(tmp) / system, log_path)
+                start = Start(
+                    system, kind, ready_s, phases_of(lines, ready_s),
+                    any(AOT_LOAD_FAILURE in line for _, line in lines),
+                )  # fmt: skip
+                print(f"  ready in {ready_s:.1f} s: {_phases_text(start.phases)}", flush=True)
+                starts.append(start)
+    result = {
+        "size": args.size,
+        "dtype": args.dtype,
+        "machine": machine(),
+        "versions": versions(),
+        "medians": medians(starts),
+        "starts": [asdict(s) for s in starts],
+    }
+    print_table(result["medians"])
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["medians"]))
+    return result
+
+
+def medians(starts: list[Start]) -> dict[str, dict[str, Any]]:
+    """Per `system kind`: the median ready time and phases, and whether AOT loads failed."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in dict.fromkeys(f"{s.system} {s.kind}" for s in starts):
+        group = [s for s in starts if f"{s.system} {s.kind}" == key]
+        names = dict.fromkeys(n for s in group for n in s.phases)
+        out[key] = {
+            "starts": len(group),
+            "ready_s": statistics.median(s.ready_s for s in group),
+            "phases": {n: statistics.median(s.phases.get(n, 0.0) for s in group) for n in names},
+            "aot_load_failed": any(s.aot_load_failed for s in group),
+        }
+    return out
+
+
+def _phases_text(phases: dict[str, float]) -> str:
+    return ", ".join(f"{name} {seconds:.1f}" for name, seconds in phases.items())
+
+
+def print_table(rows: dict[str, dict[str, Any]]) -> None:
+    names = [n for n, _ in PHASES] + [READY_PHASE]
+    print("| start | ready | " + " | ".join(n.replace("_", " ") for n in names) + " |")
+    print("| --- | ---: |" + " ---: |" * len(names))
+    for key, row in rows.items():
+        cells = [f"{row['phases'].get(n, 0.0):.1f}" for n in names]
+        print(f"| {key} | {row['ready_s']:.1f} s | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_cli_args(parser)
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
