@@ -6,10 +6,12 @@ Per system, one cold start (empty compile caches: a fresh `VLLM_CACHE_ROOT` and
 `TORCHINDUCTOR_CACHE_DIR` of its own) and `--warm` warm starts on the caches the cold one
 filled; the systems take turns (cold, cold, warm, warm, ...) so that load on the machine
 hits them alike. `vllm` is stock vLLM behind the same launcher (`--stock`: no plugins,
-vLLM's own environment). The server's output is read line by line as it comes; each phase
-ends at the first line that marks it (`PHASES`), the last at `/health` 200 (polled every
-0.5 s). "Cold" means the compile caches only: Python's bytecode and the OS page cache stay
-warm. Prints a table and writes the records as JSON (`--out`).
+vLLM's own environment); `audiotext@DIR` is audiotext's server and client from the source
+folder DIR (a checkout of another commit, e.g. `git worktree add DIR COMMIT`), to measure
+a change side by side with what it changed. The server's output is read line by line as
+it comes; each phase ends at the first line that marks it (`PHASES`), the last at
+`/health` 200 (polled every 0.5 s). "Cold" means the compile caches only: Python's
+bytecode and the OS page cache stay warm. Prints a table and writes the records as JSON (`--out`).
 """
 
 from __future__ import annotations
@@ -62,11 +64,32 @@ class Start:
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="tiny", help="built-in checkpoint")
-    parser.add_argument("--systems", default="audiotext,vllm", help="audiotext, vllm or both")
+    parser.add_argument(
+        "--systems", default="audiotext,vllm",
+        help="comma-separated: audiotext, vllm, audiotext@DIR (the source folder DIR)",
+    )  # fmt: skip
     parser.add_argument("--warm", type=int, default=2, help="warm starts per system")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out", type=Path, help="write the records and medians here (JSON)")
     parser.add_argument("--log-dir", type=Path, help="keep each start's server output here")
+
+
+def source_path(system: str, tmp: Path) -> str | None:
+    """For `audiotext@DIR`: a PYTHONPATH whose `audiotext` is DIR's server and client (and
+    this benchmark), so the server started is DIR's; None for the installed one."""
+    if "@" not in system:
+        return None
+    source = Path(system.partition("@")[2]).resolve()
+    if not (source / "server" / "cli.py").is_file():
+        raise SystemExit(f"{system}: {source} is not an audiotext source folder")
+    package = tmp / f"source-{abs(hash(source))}" / "audiotext"
+    package.mkdir(parents=True, exist_ok=True)
+    for name in ("server", "client"):
+        if not (package / name).exists():
+            (package / name).symlink_to(source / name)
+    if not (package / "benchmarks").exists():
+        (package / "benchmarks").symlink_to(Path(__file__).resolve().parent)
+    return os.pathsep.join(filter(None, [str(package.parent), os.environ.get("PYTHONPATH")]))
 
 
 def server_config(system: str, size: str, dtype: str) -> ServerConfig:
@@ -106,9 +129,10 @@ def _environment(values: dict[str, str]) -> Any:
 
 
 def start_once(
-    config: ServerConfig, caches: Path, log_path: Path | None
+    config: ServerConfig, caches: Path, log_path: Path | None, python_path: str | None = None
 ) -> tuple[float, list[tuple[float, str]]]:
-    """Start the server with `caches` as its compile caches; ready time and timed lines."""
+    """Start the server with `caches` as its compile caches (and `python_path` as its
+    PYTHONPATH); its ready time and its output's lines, timed."""
     read_fd, write_fd = os.pipe()
     lines: list[tuple[float, str]] = []
     log: IO[str] | None = log_path.open("w") if log_path else None
@@ -128,6 +152,8 @@ def start_once(
         "VLLM_CACHE_ROOT": str(caches / "vllm"),
         "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
     }
+    if python_path:
+        env["PYTHONPATH"] = python_path
     with _environment(env), os.fdopen(write_fd, "wb") as writer:
         server = ServerProcess(config, log=writer)
         try:
@@ -144,9 +170,9 @@ def start_once(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = set(systems) - {"audiotext", "vllm"}
+    unknown = [s for s in systems if s != "vllm" and s.partition("@")[0] != "audiotext"]
     if unknown:
-        raise SystemExit(f"unknown systems: {', '.join(sorted(unknown))} (audiotext, vllm)")
+        raise SystemExit(f"unknown systems: {', '.join(unknown)} (audiotext, vllm, audiotext@DIR)")
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     starts: list[Start] = []
@@ -155,9 +181,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             kind = "cold" if round_ == 0 else "warm"
             for system in systems:
                 config = server_config(system, args.size, args.dtype)
-                log_path = args.log_dir / f"{system}-{round_}.log" if args.log_dir else None
+                label = f"{systems.index(system)}-{system.partition('@')[0]}-{round_}"
+                log_path = args.log_dir / f"{label}.log" if args.log_dir else None
                 print(f"{system}: {kind} start" + (f" {round_}" if round_ else ""), flush=True)
-                ready_s, lines = start_once(config, Path(tmp) / system, log_path)
+                caches = Path(tmp) / f"caches-{systems.index(system)}"
+                source = source_path(system, Path(tmp))
+                ready_s, lines = start_once(config, caches, log_path, source)
                 start = Start(
                     system, kind, ready_s, phases_of(lines, ready_s),
                     any(AOT_LOAD_FAILURE in line for _, line in lines),

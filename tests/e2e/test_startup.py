@@ -45,4 +45,3 @@ def test_a_warm_start_reuses_the_compile_cache(starts: dict[str, Any]) -> None:
     # Cold compiles (about 17 s here); warm loads torch inductor's cache (about 5 s).
     assert warm["phases"]["compile_and_warm_up"] < 0.6 * cold["phases"]["compile_and_warm_up"]
     assert warm["ready_s"] < cold["ready_s"]
-
