@@ -52,6 +52,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--silence-ms", type=int, default=500, help="the VAD's silence duration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--max-output-tokens", type=int, default=32,
+        help="answer length at most (realtime and chat alike; random-weight checkpoints "
+        "would otherwise answer until the context is full)",
+    )  # fmt: skip
+    parser.add_argument(
         "--block-size", type=int, default=32,
         help="KV-cache block size (vLLM's CPU default, 128, exceeds a short turn's prompt)",
     )  # fmt: skip
@@ -113,13 +118,14 @@ async def spoken_turn(
 
 
 async def chat_ttft(
-    client: openai.AsyncOpenAI, model: str, messages: list[Any], cold: bool
+    client: openai.AsyncOpenAI, model: str, messages: list[Any], cold: bool, max_tokens: int
 ) -> float:
     extra = {"cache_salt": secrets.token_hex(8)} if cold else {}
     started = time.perf_counter()
     stream = await client.chat.completions.create(
-        model=model, messages=messages, temperature=0, stream=True, extra_body=extra
-    )
+        model=model, messages=messages, temperature=0, stream=True, max_tokens=max_tokens,
+        extra_body=extra,
+    )  # fmt: skip
     first = None
     async for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].delta.content:
@@ -152,6 +158,7 @@ async def conversation(
     questions: list[cases.Case],
     silence_ms: int,
     chat_first: bool,
+    max_tokens: int,
 ) -> list[dict[str, Any]]:
     """One two-turn conversation; each turn's plain chat is sent before the realtime turn
     when `chat_first` (the realtime turn then finds the clip's features in the processor
@@ -166,7 +173,7 @@ async def conversation(
         audio_in = {"format": {"type": "audio/pcm", "rate": RATE}, "turn_detection": detection}
         update = {"type": "session.update", "session": {
             "type": "realtime", "output_modalities": ["text"], "temperature": 0,
-            "audio": {"input": audio_in}}}  # fmt: skip
+            "max_output_tokens": max_tokens, "audio": {"input": audio_in}}}  # fmt: skip
         await connection.send(cast(Any, update))
         for turn, stream in enumerate(streams):
             # The turn's audio exactly as the VAD cuts it (the session's clock spans all audio).
@@ -175,17 +182,19 @@ async def conversation(
             part = {"type": "input_audio", "input_audio": {"data": wav_b64(cut), "format": "wav"}}
             history.append({"role": "user", "content": [part]})
             if chat_first:
-                cold = await chat_ttft(client, model, history, cold=True)
+                cold = await chat_ttft(client, model, history, True, max_tokens)
             speech = stream[: len(stream) - int((silence_ms / 1000 + 0.5) * RATE) * 2]
             timings, text, heard = await spoken_turn(connection, speech, silence_ms / 1000)
             if heard != cuts[turn]:
                 raise RuntimeError(f"the server cut turn {turn + 1} at {heard}, not {cuts[turn]}")
             if not chat_first:
-                cold = await chat_ttft(client, model, history, cold=True)
+                cold = await chat_ttft(client, model, history, True, max_tokens)
             record: dict[str, Any] = {"turn": turn + 1, "chat_first": chat_first, **timings,
                                       "chat_ttft_ms": cold}  # fmt: skip
             if turn:
-                record["chat_warm_ttft_ms"] = await chat_ttft(client, model, history, cold=False)
+                record["chat_warm_ttft_ms"] = await chat_ttft(
+                    client, model, history, False, max_tokens
+                )
             records.append(
                 {k: round(v, 1) if isinstance(v, float) else v for k, v in record.items()}
             )
@@ -205,12 +214,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
         async def run() -> None:
             # The first conversation warms the server up (compilation, caches) and is dropped.
-            await conversation(client, args.size, questions[:2], args.silence_ms, False)
+            await conversation(
+                client, args.size, questions[:2], args.silence_ms, False, args.max_output_tokens
+            )
             for rep in range(args.reps):
                 pair = questions[2 * rep + 2 : 2 * rep + 4]
                 chat_first = rep % 2 == 1  # alternate: neither side always finds warm caches
                 for record in await conversation(client, args.size, pair, args.silence_ms,
-                                                 chat_first):  # fmt: skip
+                                                 chat_first, args.max_output_tokens):  # fmt: skip
                     records.append({"rep": rep, **record})
 
         asyncio.run(run())
