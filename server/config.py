@@ -176,6 +176,21 @@ class ServerConfig:
         return self.model if self.model in checkpoint.BUILTIN else None
 
     @property
+    def headless(self) -> bool:
+        """vLLM's `--headless`: this node runs engines for an API server on another."""
+        return "--headless" in self.extra_args
+
+    def vllm_flag(self, name: str) -> str | None:
+        """The value of a vLLM flag passed through (`--name value` or `--name=value`)."""
+        args = self.extra_args
+        for i, arg in enumerate(args):
+            if arg == name and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(name + "="):
+                return arg.partition("=")[2]
+        return None
+
+    @property
     def base_url(self) -> str:
         """The OpenAI base URL clients on this machine use."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host

@@ -100,6 +100,7 @@ class Milestone:
     eager: bool = True  # also said with --enforce-eager
 
 
+ENGINE_READY = re.compile(r"init engine \(profile, create kv cache, warmup model\) took")
 MILESTONES = (
     Milestone(re.compile(r"Starting to load model"), "loading", "loading the model's weights"),
     Milestone(
@@ -110,7 +111,7 @@ MILESTONES = (
         eager=False,
     ),
     Milestone(
-        re.compile(r"init engine \(profile, create kv cache, warmup model\) took"),
+        ENGINE_READY,
         "starting the API server",
         "engine ready; starting the API server",
     ),
@@ -132,6 +133,10 @@ class Supervisor:
         self.deadline: float | None = None
         self.killed = False
         self._said: set[str] = set()
+        self.engines_ready = 0
+        self.engines = int(config.vllm_flag("--data-parallel-size-local") or 1)
+        address = config.vllm_flag("--data-parallel-address") or "127.0.0.1"
+        self.head = f"{address}:{config.vllm_flag('--data-parallel-rpc-port') or 'its RPC port'}"
 
     def run(self) -> int:
         """Serve until the child exits; returns the command's exit code."""
@@ -175,8 +180,12 @@ class Supervisor:
         eager = " in eager mode" if config.enforce_eager else ""
         if config.dtype == "auto" and config.resolved_dtype == "float32":
             eager += " in float32 (this CPU has no bfloat16 arithmetic)"
-        say(f"starting vLLM{eager}: engine first, then the API server on "
-            f"{config.host}:{config.port}")  # fmt: skip
+        if config.headless:
+            say(f"starting vLLM{eager}: {self.engines} engine(s), headless (no API server on "
+                f"this node): they join the API server at {self.head}")  # fmt: skip
+        else:
+            say(f"starting vLLM{eager}: engine first, then the API server on "
+                f"{config.host}:{config.port}")  # fmt: skip
 
     def _watch(self) -> int:
         assert self.child is not None
@@ -190,7 +199,8 @@ class Supervisor:
                     self.deadline = None
                     self.killed |= self._kill_all()
                 elif not self.ready and self.stop_signal is None:
-                    self._check_ready(http, health)
+                    if not self.config.headless:  # headless: ready when its engines are
+                        self._check_ready(http, health)
                     if now > self.next_reminder:
                         say(f"still {self.phase} ({_duration(now - self.phase_started)} so far)")
                         self.next_reminder = now + REMIND_S
@@ -219,6 +229,13 @@ class Supervisor:
 
     def _milestone(self, line: str) -> None:
         if self.ready:
+            return
+        if self.config.headless and ENGINE_READY.search(line):
+            self.engines_ready += 1
+            if self.engines_ready == self.engines:
+                self.ready = True
+                print(f"ready: {self.engines} headless engine(s) serving the API server at "
+                      f"{self.head}", flush=True)  # fmt: skip
             return
         for milestone in MILESTONES:
             if milestone.phase in self._said or not milestone.pattern.search(line):
