@@ -94,6 +94,16 @@ def test_cpu_warm_starts_reuse_the_compile_cache(monkeypatch: pytest.MonkeyPatch
     assert "VLLM_USE_AOT_COMPILE" not in to_vllm(ServerConfig(device="cpu")).env
 
 
+def test_headless_and_passed_through_vllm_flags_are_read_back() -> None:
+    config = ServerConfig(
+        extra_args=("--headless", "--data-parallel-size-local=2", "--data-parallel-rpc-port", "7")
+    )
+    assert config.headless and not ServerConfig().headless
+    assert config.vllm_flag("--data-parallel-size-local") == "2"
+    assert config.vllm_flag("--data-parallel-rpc-port") == "7"
+    assert config.vllm_flag("--data-parallel-address") is None
+
+
 def test_cuda_uses_memory_fraction_not_kv_bytes() -> None:
     argv = to_vllm(ServerConfig(device="cuda", gpu_memory_utilization=0.8)).argv
     assert flag_value(argv, "--gpu-memory-utilization") == "0.8"

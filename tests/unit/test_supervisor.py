@@ -1,10 +1,12 @@
-"""The serve supervisor's output filter: vLLM's known noise out, everything else kept."""
+"""The serve supervisor: vLLM's known noise out, everything else kept; a headless node's
+ready line."""
 
 from __future__ import annotations
 
 import pytest
 
-from audiotext.server.supervisor import NoiseFilter
+from audiotext.server.config import ServerConfig
+from audiotext.server.supervisor import NoiseFilter, Supervisor
 
 NOISE = [
     "(Worker pid=7) WARNING 12-01 08:31:38 [utils.py:334] Attempted to load weight "
@@ -46,3 +48,25 @@ def test_a_warning_and_its_source_line_go_together() -> None:
     ]
     noise = NoiseFilter()
     assert [line for line in lines if noise.keep(line)] == ["(Worker pid=7) INFO next line"]
+
+
+def test_a_headless_node_is_ready_when_all_its_engines_are(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = ServerConfig(
+        model="tiny",
+        extra_args=("--headless", "--data-parallel-size-local", "2",
+                    "--data-parallel-address", "10.0.0.1", "--data-parallel-rpc-port", "13345"),
+    )  # fmt: skip
+    supervisor = Supervisor(config)
+    engine_ready = (
+        "(EngineCore_DP1 pid=7) INFO 12-01 23:04:15 [core.py:402] init engine (profile, "
+        "create kv cache, warmup model) took 12.84 s"
+    )
+    supervisor._milestone(engine_ready)
+    assert not supervisor.ready  # one of two
+    supervisor._milestone(engine_ready)
+    assert supervisor.ready
+    out = capsys.readouterr()
+    assert out.out == "ready: 2 headless engine(s) serving the API server at 10.0.0.1:13345\n"
+    assert "starting the API server" not in out.err  # it has none
