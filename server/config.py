@@ -180,16 +180,6 @@ class ServerConfig:
         """vLLM's `--headless`: this node runs engines for an API server on another."""
         return "--headless" in self.extra_args
 
-    def vllm_flag(self, name: str) -> str | None:
-        """The value of a vLLM flag passed through (`--name value` or `--name=value`)."""
-        args = self.extra_args
-        for i, arg in enumerate(args):
-            if arg == name and i + 1 < len(args):
-                return args[i + 1]
-            if arg.startswith(name + "="):
-                return arg.partition("=")[2]
-        return None
-
     @property
     def base_url(self) -> str:
         """The OpenAI base URL clients on this machine use."""

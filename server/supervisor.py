@@ -101,6 +101,10 @@ class Milestone:
 
 
 ENGINE_READY = re.compile(r"init engine \(profile, create kv cache, warmup model\) took")
+# vLLM's headless node, once it has resolved how many engines it runs and for which head.
+HEADLESS_LAUNCH = re.compile(
+    r"Launching (\d+) data parallel engine\(s\) in headless mode, with head node address (\S+?)\.?$"
+)
 MILESTONES = (
     Milestone(re.compile(r"Starting to load model"), "loading", "loading the model's weights"),
     Milestone(
@@ -133,10 +137,10 @@ class Supervisor:
         self.deadline: float | None = None
         self.killed = False
         self._said: set[str] = set()
+        # A headless node: its engines, and where they join, as vLLM announces them.
+        self.engines: int | None = None
         self.engines_ready = 0
-        self.engines = int(config.vllm_flag("--data-parallel-size-local") or 1)
-        address = config.vllm_flag("--data-parallel-address") or "127.0.0.1"
-        self.head = f"{address}:{config.vllm_flag('--data-parallel-rpc-port') or 'its RPC port'}"
+        self.head = ""
 
     def run(self) -> int:
         """Serve until the child exits; returns the command's exit code."""
@@ -181,8 +185,8 @@ class Supervisor:
         if config.dtype == "auto" and config.resolved_dtype == "float32":
             eager += " in float32 (this CPU has no bfloat16 arithmetic)"
         if config.headless:
-            say(f"starting vLLM{eager}: {self.engines} engine(s), headless (no API server on "
-                f"this node): they join the API server at {self.head}")  # fmt: skip
+            say(f"starting vLLM{eager}: engines only (--headless: the API server is on "
+                "another node)")  # fmt: skip
         else:
             say(f"starting vLLM{eager}: engine first, then the API server on "
                 f"{config.host}:{config.port}")  # fmt: skip
@@ -230,12 +234,7 @@ class Supervisor:
     def _milestone(self, line: str) -> None:
         if self.ready:
             return
-        if self.config.headless and ENGINE_READY.search(line):
-            self.engines_ready += 1
-            if self.engines_ready == self.engines:
-                self.ready = True
-                print(f"ready: {self.engines} headless engine(s) serving the API server at "
-                      f"{self.head}", flush=True)  # fmt: skip
+        if self.config.headless and self._headless_milestone(line):
             return
         for milestone in MILESTONES:
             if milestone.phase in self._said or not milestone.pattern.search(line):
@@ -245,6 +244,20 @@ class Supervisor:
             self._said.add(milestone.phase)
             self.phase, self.phase_started = milestone.phase, time.monotonic()
             self.next_reminder = self.phase_started + REMIND_S
+
+    def _headless_milestone(self, line: str) -> bool:
+        """Count a headless node's engines as they come up; ready when all are."""
+        if launch := HEADLESS_LAUNCH.search(line):
+            self.engines, self.head = int(launch[1]), launch[2].removeprefix("tcp://")
+            return True
+        if not ENGINE_READY.search(line):
+            return False
+        self.engines_ready += 1
+        if self.engines_ready == self.engines:
+            self.ready = True
+            print(f"ready: {self.engines} headless engine(s) serving the API server at "
+                  f"{self.head}", flush=True)  # fmt: skip
+        return True
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.child is None:

@@ -53,16 +53,17 @@ def test_a_warning_and_its_source_line_go_together() -> None:
 def test_a_headless_node_is_ready_when_all_its_engines_are(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = ServerConfig(
-        model="tiny",
-        extra_args=("--headless", "--data-parallel-size-local", "2",
-                    "--data-parallel-address", "10.0.0.1", "--data-parallel-rpc-port", "13345"),
-    )  # fmt: skip
-    supervisor = Supervisor(config)
+    # As vLLM says them: the engine count comes from vLLM (flags, aliases and defaults).
+    launch = (
+        "(APIServer pid=3) INFO 12-01 23:03:50 [serve.py:239] Launching 2 data parallel "
+        "engine(s) in headless mode, with head node address tcp://10.0.0.1:13345."
+    )
     engine_ready = (
         "(EngineCore_DP1 pid=7) INFO 12-01 23:04:15 [core.py:402] init engine (profile, "
         "create kv cache, warmup model) took 12.84 s"
     )
+    supervisor = Supervisor(ServerConfig(model="tiny", extra_args=("--headless",)))
+    supervisor._milestone(launch)
     supervisor._milestone(engine_ready)
     assert not supervisor.ready  # one of two
     supervisor._milestone(engine_ready)
