@@ -23,10 +23,10 @@ import statistics
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
+from unittest import mock
 
 from audiotext.benchmarks.bench import machine, versions
 from audiotext.benchmarks.systems import VLLM_CPU_SERVER_DEFAULTS
@@ -82,13 +82,11 @@ def source_path(system: str, tmp: Path) -> str | None:
     source = Path(system.partition("@")[2]).resolve()
     if not (source / "server" / "cli.py").is_file():
         raise SystemExit(f"{system}: {source} is not an audiotext source folder")
-    package = tmp / f"source-{abs(hash(source))}" / "audiotext"
-    package.mkdir(parents=True, exist_ok=True)
-    for name in ("server", "client"):
-        if not (package / name).exists():
-            (package / name).symlink_to(source / name)
-    if not (package / "benchmarks").exists():
-        (package / "benchmarks").symlink_to(Path(__file__).resolve().parent)
+    package = Path(tempfile.mkdtemp(prefix="source-", dir=tmp)) / "audiotext"
+    package.mkdir()
+    (package / "server").symlink_to(source / "server")
+    (package / "client").symlink_to(source / "client")
+    (package / "benchmarks").symlink_to(Path(__file__).resolve().parent)
     return os.pathsep.join(filter(None, [str(package.parent), os.environ.get("PYTHONPATH")]))
 
 
@@ -112,20 +110,6 @@ def phases_of(lines: list[tuple[float, str]], ready_s: float) -> dict[str, float
             previous = at
     phases[READY_PHASE] = ready_s - previous
     return phases
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Any:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def start_once(
@@ -154,7 +138,7 @@ def start_once(
     }
     if python_path:
         env["PYTHONPATH"] = python_path
-    with _environment(env), os.fdopen(write_fd, "wb") as writer:
+    with mock.patch.dict(os.environ, env), os.fdopen(write_fd, "wb") as writer:
         server = ServerProcess(config, log=writer)
         try:
             server.start()
@@ -177,16 +161,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     starts: list[Start] = []
     with tempfile.TemporaryDirectory(prefix="audiotext-startup-") as tmp:
+        sources = [source_path(system, Path(tmp)) for system in systems]
         for round_ in range(1 + args.warm):
             kind = "cold" if round_ == 0 else "warm"
-            for system in systems:
+            for n, system in enumerate(systems):
                 config = server_config(system, args.size, args.dtype)
-                label = f"{systems.index(system)}-{system.partition('@')[0]}-{round_}"
+                label = f"{n}-{system.partition('@')[0]}-{round_}"
                 log_path = args.log_dir / f"{label}.log" if args.log_dir else None
                 print(f"{system}: {kind} start" + (f" {round_}" if round_ else ""), flush=True)
-                caches = Path(tmp) / f"caches-{systems.index(system)}"
-                source = source_path(system, Path(tmp))
-                ready_s, lines = start_once(config, caches, log_path, source)
+                caches = Path(tmp) / f"caches-{n}"
+                ready_s, lines = start_once(config, caches, log_path, sources[n])
                 start = Start(
                     system, kind, ready_s, phases_of(lines, ready_s),
                     any(AOT_LOAD_FAILURE in line for _, line in lines),

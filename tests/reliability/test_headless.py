@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -132,7 +131,5 @@ def test_a_headless_node_serves_its_share_and_both_stop_cleanly(nodes: Any) -> N
     head_tree, node_tree = process_tree(server.proc.pid), process_tree(node.proc.pid)
     assert server.stop() == 0
     node.proc.send_signal(signal.SIGTERM)
-    started = time.monotonic()
     assert node.proc.wait(timeout=60) == 0, "".join(node.lines[-30:])
-    assert time.monotonic() - started < 60
     assert not left_alive(head_tree + node_tree)
