@@ -5,6 +5,11 @@ the loop keeps listening while it runs (speech that starts meanwhile cancels it:
 A watchdog closes the session when it idles, outlives its length, or the server drains.
 When the client goes away, the answer's task is cancelled, which aborts its engine request.
 
+While the user pauses (the VAD's `SpeechPaused`, `silence_duration_ms - TAIL_MS` before the
+turn ends), the turn's prompt is prefilled: the very request the answer will send, for one
+token, its output dropped. The answer then finds the turn's KV in vLLM's prefix cache;
+speech that resumes cancels the prefill.
+
 Close codes: 1001 the server is shutting down, 1008 policy (idle timeout, session length,
 unknown model), 1009 a message over the size limit, 1013 the server is full (`guards`),
 1011 an unexpected server error. Each is preceded by an `error` event with its code.
@@ -40,7 +45,14 @@ from audiotext.server.realtime.session import (
     max_tokens,
     new_id,
 )
-from audiotext.server.realtime.vad import FRAME_MS, SpeechDetector, SpeechStarted, SpeechStopped
+from audiotext.server.realtime.vad import (
+    FRAME_MS,
+    SpeechDetector,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+)
 from audiotext.server.renderer import GuardedHfRenderer
 
 logger = logging.getLogger(__name__)
@@ -98,6 +110,7 @@ class RealtimeSession:
         self.detector_offset_ms = 0
         self.speech: tuple[str, int] | None = None  # (item id, start ms) of speech under way
         self.response: ActiveResponse | None = None
+        self.prefill: asyncio.Task[None] | None = None  # the paused turn's prompt, prefilled
         self.closed = False
         self.started = self.last_activity = time.monotonic()
         self._send_lock = asyncio.Lock()
@@ -138,6 +151,7 @@ class RealtimeSession:
         finally:
             self.closed = True
             watchdog.cancel()
+            await self._drop_prefill()
             if self.response is not None:
                 self.response.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -278,6 +292,10 @@ class RealtimeSession:
         for found in self.detector.feed(pcm):
             if isinstance(found, SpeechStarted):
                 await self._speech_started(found)
+            elif isinstance(found, SpeechPaused):
+                self._speech_paused(found)
+            elif isinstance(found, SpeechResumed):
+                await self._drop_prefill()
             else:
                 await self._speech_stopped(found)
         if self.speech is None:
@@ -298,11 +316,39 @@ class RealtimeSession:
         if self.response is not None and vad is not None and vad.interrupt_response:
             await self._cancel_response("turn_detected")
 
+    def _speech_paused(self, found: SpeechPaused) -> None:
+        """Prefill the turn as it would be if the speech stopped here (one token, dropped)."""
+        vad = self.settings.turn_detection
+        if self.speech is None or vad is None or not vad.create_response or self.response:
+            return
+        _, start = self.speech
+        end = min(self.buffer.end_ms, found.audio_end_ms + self.detector_offset_ms)
+        turn = Item("prefill", "user", audio=self.buffer.peek(start, end), rate=self.buffer.rate)
+        request = self._answer_request(self.settings, [turn])
+        self.prefill = asyncio.create_task(self._prefill(replace(request, max_tokens=1)))
+
+    async def _prefill(self, request: AnswerRequest) -> None:
+        audio = RequestAudio(self.limits.max_audio_seconds, self.audio_queue, route=ROUTE)
+        try:
+            async for _ in answer(self.chat, request, audio):
+                pass
+        except EngineRefusal as e:  # the answer will meet the same refusal and report it
+            logger.debug("realtime prefill refused: %s", e.message)
+
+    async def _drop_prefill(self) -> None:
+        """Cancel a prefill still running (its engine request is aborted)."""
+        task, self.prefill = self.prefill, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def _speech_stopped(self, found: SpeechStopped) -> None:
         if self.speech is None:
             return
         item_id, start = self.speech
         self.speech = None
+        # A prefill under way is left to finish: it is computing this turn's KV.
         end = min(self.buffer.end_ms, found.audio_end_ms + self.detector_offset_ms)
         await self.send(
             events.event("input_audio_buffer.speech_stopped", audio_end_ms=end, item_id=item_id)
@@ -320,10 +366,12 @@ class RealtimeSession:
                 "input_audio_buffer_commit_empty",
             )
         item_id = self.speech[0] if self.speech else new_id("item")
+        await self._drop_prefill()  # the commit's audio is not the paused turn's
         await self._add_audio_turn(self.buffer.take(), item_id)
         self._reset_detector()
 
     async def _clear(self, event: dict[str, Any]) -> None:
+        await self._drop_prefill()
         self.buffer.clear()
         self._reset_detector()
         await self.send(events.event("input_audio_buffer.cleared"))
@@ -475,14 +523,18 @@ class RealtimeSession:
             await self._finish_response(active.id, active.item, "", "cancelled", details,
                                         Finished(None, 0, 0, None))  # fmt: skip
 
-    async def _start_response(self, settings: SessionSettings | None = None) -> None:
-        settings = settings or self.settings
-        request = AnswerRequest(
+    def _answer_request(self, settings: SessionSettings, more: list[Item]) -> AnswerRequest:
+        """The conversation so far, and `more` items after it, as one chat request."""
+        return AnswerRequest(
             model=self.model,
-            messages=self.conversation.chat_messages(settings.instructions),
+            messages=self.conversation.chat_messages(settings.instructions, more),
             max_tokens=settings.max_output_tokens,
             temperature=settings.temperature,
         )
+
+    async def _start_response(self, settings: SessionSettings | None = None) -> None:
+        settings = settings or self.settings
+        request = self._answer_request(settings, [])
         item = Item(new_id("item"), "assistant", text="", status="in_progress")
         response_id = new_id("resp")
         previous = self.conversation.add(item)

@@ -228,6 +228,10 @@ class AudioBuffer:
         del self.data[:end]
         return cut
 
+    def peek(self, start_ms: int, end_ms: int) -> bytes:
+        """`[start_ms, end_ms)` without cutting it out."""
+        return bytes(self.data[self._offset(start_ms) : self._offset(end_ms)])
+
     def clear(self) -> None:
         self.start_ms = self.end_ms
         self.data.clear()
@@ -326,9 +330,13 @@ class Conversation:
             raise SettingsError(f"no item {item_id!r} in the conversation", "item_id")
         del self.items[index]
 
-    def chat_messages(self, instructions: str) -> list[dict[str, Any]]:
-        """The whole conversation as chat messages, the instructions as the system turn."""
+    def chat_messages(
+        self, instructions: str, more: list[Item] | None = None
+    ) -> list[dict[str, Any]]:
+        """The whole conversation (and `more` after it) as chat messages, the instructions
+        as the system turn."""
         system = [{"role": "system", "content": instructions}] if instructions else []
         # An answer cut off before its first word leaves nothing to say in the history.
-        turns = [item for item in self.items if item.audio is not None or item.text]
+        items = [*self.items, *(more or [])]
+        turns = [item for item in items if item.audio is not None or item.text]
         return system + [item.chat_message() for item in turns]

@@ -23,7 +23,10 @@ from audiotext.server.realtime.session import (
     TurnDetection,
 )
 from audiotext.server.realtime.vad import (
+    TAIL_MS,
     SpeechDetector,
+    SpeechPaused,
+    SpeechResumed,
     SpeechStarted,
     SpeechStopped,
     aggressiveness,
@@ -63,9 +66,30 @@ def test_vad_finds_the_utterance_in_20ms_chunks(rate: int) -> None:
     assert len(starts) >= 1 and len(stops) == len(starts)
     # Padding included: the turn starts up to 300 ms (plus a frame or two) before speech.
     assert speech_start - 400 <= starts[0].audio_start_ms <= speech_start
-    # It stops the silence duration (500 ms) after the last voiced frame: after the speech
-    # began, and no later than the clip's end plus 500 ms (and two frames of detection).
-    assert speech_start + 500 < stops[-1].audio_end_ms <= speech_end + 500 + 40
+    # The turn's audio ends TAIL_MS (200 ms) after the last voiced frame: after the speech
+    # began, and no later than the clip's end plus 200 ms (and two frames of detection).
+    assert speech_start + TAIL_MS < stops[-1].audio_end_ms <= speech_end + TAIL_MS + 40
+    # Each stop was announced by a pause with the same end, the stop's silence earlier.
+    pauses = [e for e in found if isinstance(e, SpeechPaused)]
+    assert stops[-1].audio_end_ms in [e.audio_end_ms for e in pauses]
+    assert found.index(stops[-1]) > found.index(SpeechPaused(stops[-1].audio_end_ms))
+
+
+def test_vad_pause_then_speech_resumes_the_turn_without_stopping_it() -> None:
+    detector = SpeechDetector(16000, 0.5, 300, silence_duration_ms=500)
+    speech = pcm16(load_clip("6s")[:16000])
+    # 300 ms of silence inside the utterance: past the pause (200 ms), short of the stop.
+    audio = bytes(16000) + speech + bytes(2 * 4800) + speech + bytes(2 * 16000)
+    found = [e for chunk in in_chunks(audio, 16000) for e in detector.feed(chunk)]
+    kinds = [type(e) for e in found]
+    first_resume = kinds.index(SpeechResumed)
+    assert kinds[0] is SpeechStarted and SpeechPaused in kinds[:first_resume]
+    assert SpeechStopped not in kinds[:first_resume]
+    # One turn: it starts once and stops once, after its last pause.
+    assert kinds.count(SpeechStarted) == kinds.count(SpeechStopped) == 1
+    assert kinds[-2:] == [SpeechPaused, SpeechStopped]
+    # It ends after the second stretch of speech (from 1.8 s), not at the first pause.
+    assert found[-2].audio_end_ms == found[-1].audio_end_ms > 1800 + TAIL_MS
 
 
 def test_vad_hears_nothing_in_silence_and_resets() -> None:
