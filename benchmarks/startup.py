@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import tempfile
 import threading
@@ -30,24 +31,25 @@ from unittest import mock
 
 from audiotext.benchmarks.bench import machine, versions
 from audiotext.benchmarks.systems import VLLM_CPU_SERVER_DEFAULTS
+from audiotext.server import supervisor
 from audiotext.server.config import ServerConfig
 from audiotext.server.launcher import ServerProcess, free_port
 
 # (phase, the line that ends it): the phases of one start, in order.
-PHASES = (
+PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     # The supervisor and the API server process (`audiotext serve` imports vLLM's server).
-    ("api_server_imports", "Starting vLLM:"),
+    ("api_server_imports", re.compile("Starting vLLM:")),
     # vLLM reads the model's config and inspects its class: for a class registered lazily
     # (stock vLLM's own), in a subprocess that imports vLLM again when the cache misses.
-    ("model_inspection", "Resolved architecture:"),
+    ("model_inspection", re.compile("Resolved architecture:")),
     # vLLM spawns the engine core process, which imports vLLM again.
-    ("engine_process", "Initializing a V1 LLM engine"),
+    ("engine_process", re.compile("Initializing a V1 LLM engine")),
     # The engine spawns its worker (on CPU always a process of its own), again importing.
-    ("worker_process", "Starting to load model"),
-    ("weights", "Loading weights took"),
+    ("worker_process", supervisor.LOADING),
+    ("weights", supervisor.LOADED),
     # torch.compile (or its cache), the encoder's profiling run and the warm-up pass.
-    ("compile_and_warm_up", "Warming up done"),
-    ("kv_cache", "init engine (profile, create kv cache, warmup model) took"),
+    ("compile_and_warm_up", re.compile("Warming up done")),
+    ("kv_cache", supervisor.ENGINE_READY),
 )
 READY_PHASE = "api_server_up"  # the engine is ready -> `/health` answers 200
 AOT_LOAD_FAILURE = "Compiling model again due to a load failure"
@@ -104,7 +106,7 @@ def phases_of(lines: list[tuple[float, str]], ready_s: float) -> dict[str, float
     phases: dict[str, float] = {}
     previous = 0.0
     for name, marker in PHASES:
-        at = next((t for t, line in lines if marker in line), None)
+        at = next((t for t, line in lines if marker.search(line)), None)
         if at is not None and at >= previous:
             phases[name] = at - previous
             previous = at

@@ -100,15 +100,19 @@ class Milestone:
     eager: bool = True  # also said with --enforce-eager
 
 
+# vLLM's own log lines that mark how far a start has come (`benchmarks/startup.py` times
+# its phases by them too).
+LOADING = re.compile(r"Starting to load model")
+LOADED = re.compile(r"Loading weights took|Model loading took")
 ENGINE_READY = re.compile(r"init engine \(profile, create kv cache, warmup model\) took")
 # vLLM's headless node, once it has resolved how many engines it runs and for which head.
 HEADLESS_LAUNCH = re.compile(
     r"Launching (\d+) data parallel engine\(s\) in headless mode, with head node address (\S+?)\.?$"
 )
 MILESTONES = (
-    Milestone(re.compile(r"Starting to load model"), "loading", "loading the model's weights"),
+    Milestone(LOADING, "loading", "loading the model's weights"),
     Milestone(
-        re.compile(r"Loading weights took|Model loading took"),
+        LOADED,
         "compiling",
         "compiling the model (torch.compile). The first start takes longest; later starts "
         "reuse vLLM's compile cache. --enforce-eager skips it (starts faster, serves slower)",
