@@ -53,12 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = model_commands.add_parser(
         "train",
-        help="train the listening checkpoint on synthetic speech (CPU, about 45 minutes)",
+        help="train the listening checkpoint on synthetic speech (CPU, about 60 minutes)",
         description="Speak the grammar's clips with espeak-ng and train the listening "
         "checkpoint; the committed one came from the defaults.",
     )
     train.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
-    train.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's)")
+    train.add_argument(
+        "--ctc-steps", type=int, help="stage-1 (audio side, CTC) steps (default: the recipe's)"
+    )
+    train.add_argument(
+        "--steps", type=int, help="stage-2 (whole model) steps (default: the recipe's)"
+    )
     train.add_argument("--clips", type=int, help="clips to speak (default: the recipe's)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
@@ -222,7 +227,13 @@ def _model(args: argparse.Namespace) -> int:
 
         from audiotext.server.listening import train
 
-        changes = {"steps": args.steps, "clips": args.clips, "seed": args.seed, "lr": args.lr}
+        changes = {
+            "ctc_steps": args.ctc_steps,
+            "steps": args.steps,
+            "clips": args.clips,
+            "seed": args.seed,
+            "lr": args.lr,
+        }
         recipe = dataclasses.replace(
             train.Recipe(), **{k: v for k, v in changes.items() if v is not None}
         )

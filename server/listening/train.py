@@ -1,10 +1,14 @@
 """Train the listening checkpoint: real Qwen2-Audio architecture, synthetic speech, CPU.
 
-The objective is the model's own next-token loss on the answer, plus an auxiliary CTC loss
-on the projected audio embeddings (training only; its head is not saved), which makes the
-encoder align audio with words early. Clips are spoken once; every step draws a question
-for each clip afresh and masks a few time and frequency bands (SpecAugment). Audio runs
-through the encoder unpadded, as audiotext serves it (`features.trimmed_features`).
+Two stages. First the audio side alone (encoder, projector and the output layer) learns to
+spell English speech with a CTC loss on the projected audio embeddings: no language model
+runs, so a step costs a fraction of a joint one, and the embeddings come to sit where the
+model's output words live. Then the whole model learns the answers with its own next-token
+loss, the CTC loss kept beside it (its blank head is training only and is not saved).
+Clips are spoken once; every step draws a question for each clip afresh and masks a few
+time and frequency bands (SpecAugment). Audio runs through the encoder unpadded, as
+audiotext serves it (`features.trimmed_features`). Matrix products run in bfloat16
+(autocast) where the recipe says so; the weights stay float32.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +30,7 @@ from torch import nn
 from audiotext.server import checkpoint
 from audiotext.server.features import TAIL_FRAMES, trimmed_features
 from audiotext.server.listening import cases
-from audiotext.server.listening.score import score
+from audiotext.server.listening.score import edit_distance, score
 from audiotext.server.listening.speech import render
 
 logger = logging.getLogger(__name__)
@@ -41,12 +45,18 @@ class Recipe:
 
     seed: int = 0
     clips: int = 12000
-    steps: int = 1500
+    # Stage 1: the audio side alone, CTC only.
+    ctc_steps: int = 4000
+    ctc_batch: int = 32
+    ctc_lr: float = 3e-3
+    # Stage 2: the whole model, answer loss plus `ctc_weight` x CTC.
+    steps: int = 2000
     batch: int = 24
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup: int = 100
     ctc_weight: float = 0.5
-    eval_every: int = 250
+    eval_every: int = 500
+    bf16: bool = True  # autocast matrix products to bfloat16 (fast where the CPU has it)
     # Share of clips per question type (the rest of the types are drawn per step).
     # Share of steps that train on recordings of several sentences (1-2 windows each).
     long_share: float = 0.15
@@ -314,26 +324,110 @@ def train(out: Path, recipe: Recipe = Recipe(), init: Path | None = None) -> Pat
         checkpoint.sinusoids(*tower.embed_positions.weight.shape)
     )
     tower.embed_positions.weight.requires_grad_(False)
-    ctc_head = CTCHead(model.lm_head)
-    parameters = [p for p in model.parameters() if p.requires_grad] + list(ctc_head.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=recipe.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_scale(s, recipe))
-    ctc = nn.CTCLoss(blank=ctc_head.blank_id, zero_infinity=True)
-    logger.info("training %.1f M parameters for %d steps", _millions(model), recipe.steps)
+    run = Run(model, CTCHead(model.lm_head), prompts, recipe, rng, started)
+    logger.info(
+        "training %.1f M parameters: %d CTC steps, then %d joint steps",
+        _millions(model),
+        recipe.ctc_steps,
+        recipe.steps,
+    )
+    audio_stage(run, examples, [e for e in held_examples if e.transcript])
 
+    def save() -> None:  # the folder is complete after every evaluation
+        checkpoint.save_configs(config, staging, dtype="bfloat16")
+        checkpoint.save_trained_weights(model, staging, dtype=torch.bfloat16)
+
+    joint_stage(run, examples, held, held_examples, save)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    logger.info("wrote %s in %.0f s", out, time.monotonic() - started)
+    return out
+
+
+@dataclass
+class Run:
+    """What both training stages share."""
+
+    model: Any
+    ctc_head: CTCHead
+    prompts: Prompts
+    recipe: Recipe
+    rng: random.Random
+    started: float
+
+    def __post_init__(self) -> None:
+        self.ctc = nn.CTCLoss(blank=self.ctc_head.blank_id, zero_infinity=True)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def audio_parameters(run: Run) -> list[nn.Parameter]:
+    """What stage 1 trains: encoder, projector, output layer and the CTC blank head."""
+    model = run.model
+    audio_side = [
+        *model.model.audio_tower.parameters(),
+        *model.model.multi_modal_projector.parameters(),
+        *model.lm_head.parameters(),
+        *run.ctc_head.parameters(),
+    ]
+    return [p for p in audio_side if p.requires_grad]
+
+
+def audio_stage(run: Run, examples: list[Example], held_speech: list[Example]) -> None:
+    """Stage 1: the audio side spells English speech (CTC only; no language model runs)."""
+    recipe, rng = run.recipe, run.rng
+    # Single sentences only: a batch of recordings costs several times as much and teaches
+    # the same words (the joint stage hears them).
+    speech = sorted((e for e in examples if e.transcript and not e.long), key=lambda e: e.frames)
+    parameters = audio_parameters(run)
+    optimizer = _optimizer(parameters, recipe.ctc_lr)
+    schedule = _schedule(optimizer, recipe.warmup, recipe.ctc_steps)
+    for step in range(recipe.ctc_steps):
+        start = rng.randrange(0, len(speech) - recipe.ctc_batch)
+        batch = speech[start : start + recipe.ctc_batch]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+            audio = _encode_augmented(run.model, batch, rng)
+            aux = _ctc_loss(run.ctc, run.ctc_head, audio, batch, run.prompts)
+        assert aux is not None  # every clip here is English speech
+        _step(optimizer, schedule, aux, parameters)
+        if step % 25 == 0 or step == recipe.ctc_steps - 1:
+            logger.info(
+                "ctc step %d/%d ctc %.3f lr %.2e (%.0f s)",
+                step,
+                recipe.ctc_steps,
+                aux.item(),
+                schedule.get_last_lr()[0],
+                run.elapsed(),
+            )
+        if (step + 1) % recipe.eval_every == 0 or step == recipe.ctc_steps - 1:
+            wer = ctc_wer(run.model, run.ctc_head, run.prompts, held_speech)
+            logger.info("held-out after %d CTC steps: {'ctc_wer': %.3f}", step + 1, wer)
+
+
+def joint_stage(
+    run: Run,
+    examples: list[Example],
+    held: list[cases.Case],
+    held_examples: list[Example],
+    save: Callable[[], None],
+) -> None:
+    """Stage 2: the whole model learns the answers (next-token loss, CTC beside it)."""
+    recipe, rng = run.recipe, run.rng
+    parameters = [p for p in run.model.parameters() if p.requires_grad]
+    parameters += list(run.ctc_head.parameters())
+    optimizer = _optimizer(parameters, recipe.lr)
+    schedule = _schedule(optimizer, recipe.warmup, recipe.steps)
     short = sorted((e for e in examples if not e.long), key=lambda e: e.frames)
     long = sorted((e for e in examples if e.long), key=lambda e: e.frames)
     for step in range(recipe.steps):
         samples = draw_batch(rng, recipe, long if rng.random() < recipe.long_share else short)
-        loss, aux = batch_loss(model, ctc_head, ctc, prompts, samples, rng)
-        total = loss + recipe.ctc_weight * aux if aux is not None else loss
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()  # type: ignore[no-untyped-call]
-        nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        schedule.step()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+            loss, aux = batch_loss(run.model, run.ctc_head, run.ctc, run.prompts, samples, rng)
+            total = loss + recipe.ctc_weight * aux if aux is not None else loss
+        _step(optimizer, schedule, total, parameters)
         if step % 25 == 0 or step == recipe.steps - 1:
-            elapsed = time.monotonic() - started
             logger.info(
                 "step %d/%d loss %.3f ctc %.3f lr %.2e (%.0f s)",
                 step,
@@ -341,20 +435,12 @@ def train(out: Path, recipe: Recipe = Recipe(), init: Path | None = None) -> Pat
                 loss.item(),
                 aux.item() if aux is not None else 0.0,
                 schedule.get_last_lr()[0],
-                elapsed,
+                run.elapsed(),
             )
         if (step + 1) % recipe.eval_every == 0 or step == recipe.steps - 1:
-            scores = evaluate(model, prompts, held, held_examples)
+            scores = evaluate(run.model, run.prompts, held, held_examples)
             logger.info("held-out after %d steps: %s", step + 1, scores)
-            # The folder is complete after every evaluation, so a stopped run leaves one.
-            checkpoint.save_configs(config, staging, dtype="bfloat16")
-            checkpoint.save_trained_weights(model, staging, dtype=torch.bfloat16)
-
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
-    logger.info("wrote %s in %.0f s", out, time.monotonic() - started)
-    return out
+            save()
 
 
 def draw_batch(rng: random.Random, recipe: Recipe, pool: list[Example]) -> list[list[Example]]:
@@ -388,12 +474,7 @@ def batch_loss(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Answer loss (next token) and auxiliary CTC loss of one batch, questions drawn afresh."""
     windows = [e for sample in samples for e in sample]
-    feats = [spec_augment(e.features, e.frames, rng) for e in windows]
-    audio = encode_batch(
-        model,
-        [f[:, : e.frames + TAIL_FRAMES] for f, e in zip(feats, windows, strict=True)],
-        [e.frames for e in windows],
-    )
+    audio = _encode_augmented(model, windows, rng)
     chosen = []
     for sample in samples:
         _, instruction, answer = rng.choice(sample[0].tasks)
@@ -409,9 +490,21 @@ def batch_loss(
     ids, attention, labels = sequences(prompts, chosen, counts)
     hidden = lm_hidden(model, ids, attention, audio)
     answer_mask = labels[:, 1:] != -100
-    logits = model.lm_head(hidden[:, :-1][answer_mask])
+    logits = model.lm_head(hidden[:, :-1][answer_mask]).float()
     loss = nn.functional.cross_entropy(logits, labels[:, 1:][answer_mask])
     return loss, _ctc_loss(ctc, ctc_head, audio, windows, prompts)
+
+
+def _encode_augmented(
+    model: Any, examples: list[Example], rng: random.Random
+) -> list[torch.Tensor]:
+    """Projected audio embeddings of `examples` after SpecAugment."""
+    feats = [spec_augment(e.features, e.frames, rng) for e in examples]
+    return encode_batch(
+        model,
+        [f[:, : e.frames + TAIL_FRAMES] for f, e in zip(feats, examples, strict=True)],
+        [e.frames for e in examples],
+    )
 
 
 def _ctc_loss(
@@ -435,6 +528,31 @@ def _ctc_loss(
         torch.tensor([len(t) for t in targets]),
     )
     return loss
+
+
+def ctc_collapse(best: list[int], blank: int) -> list[int]:
+    """Greedy CTC decoding: repeats merged, then blanks dropped."""
+    return [t for i, t in enumerate(best) if t != blank and best[i - 1 : i] != [t]]
+
+
+@torch.no_grad()
+def ctc_wer(model: Any, head: CTCHead, prompts: Prompts, examples: list[Example]) -> float:
+    """Word error rate of the CTC head's greedy spelling of English speech (stage 1)."""
+    model.eval()
+    audio = encode_batch(
+        model,
+        [e.features[:, : e.frames + TAIL_FRAMES].float() for e in examples],
+        [e.frames for e in examples],
+    )
+    model.train()
+    errors = words = 0
+    for clip, example in zip(audio, examples, strict=True):
+        spelt = ctc_collapse(head(clip).argmax(-1).tolist(), head.blank_id)
+        heard = cases.normalize(prompts.tokenizer.decode(spelt))
+        said = cases.normalize(example.transcript or "")
+        errors += edit_distance(said, heard)
+        words += len(said)
+    return errors / max(1, words)
 
 
 @torch.no_grad()
@@ -481,11 +599,28 @@ def evaluate(
     return score(held, answers)
 
 
-def _lr_scale(step: int, recipe: Recipe) -> float:
-    if step < recipe.warmup:
-        return (step + 1) / recipe.warmup
-    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+def _optimizer(parameters: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(parameters, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, warmup: int, steps: int) -> Any:
+    """Linear warm-up, then a cosine down to 5 % of the peak at `steps`."""
+
+    def scale(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, scale)
+
+
+def _step(optimizer: torch.optim.Optimizer, schedule: Any, loss: torch.Tensor, params: Any) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
 
 
 def _millions(model: nn.Module) -> float:

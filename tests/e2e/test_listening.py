@@ -74,10 +74,10 @@ def test_held_out_cases_are_neither_in_training_voices_nor_sentences() -> None:
 
 
 # The targets (WER <= 10 %, >= 90 % per question type, long audio >= 90 %) are not
-# reached by the committed checkpoint (README "The listening checkpoint"); these bounds sit
-# just above what it measures, so a serving path that mishears (random weights, wrong
-# resampling, lost audio) still fails them.
-WER_BOUND = 0.6
+# reached by the committed checkpoint (README "The listening checkpoint"; it measures WER
+# 0.305); these bounds sit just above what it measures, so a serving path that mishears
+# (random weights, wrong resampling, lost audio) still fails them.
+WER_BOUND = 0.4
 
 
 def test_transcription_wer_on_held_out_voices_and_sentences(
@@ -94,7 +94,15 @@ def _flac_44k(samples: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def test_the_same_clip_as_wav_and_flac_gives_the_same_transcript(
+def _mp3_8k_stereo(samples: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    narrow = soxr.resample(samples, SAMPLE_RATE, 8000)
+    stereo = np.stack([narrow, narrow], axis=1)
+    soundfile.write(buf, stereo, 8000, format="MP3", subtype="MPEG_LAYER_III")
+    return buf.getvalue()
+
+
+def test_the_same_clip_as_wav_flac_and_mp3_gives_the_same_transcript(
     listener: AudioTextClient,
 ) -> None:
     case = cases.cases("held_out", 1, seed=7, kinds=("transcribe",))[0]
@@ -102,6 +110,7 @@ def test_the_same_clip_as_wav_and_flac_gives_the_same_transcript(
     files = {
         "16 kHz WAV": wav_bytes(samples, subtype="PCM_16"),
         "44.1 kHz FLAC": _flac_44k(samples),
+        "8 kHz stereo MP3": _mp3_8k_stereo(samples),
     }
     heard = {}
     for name, data in files.items():
@@ -111,10 +120,13 @@ def test_the_same_clip_as_wav_and_flac_gives_the_same_transcript(
                 {"audio": data, "text": case.instruction}, max_new_tokens=40, do_sample=False
             )
         heard[name] = answer["generated_text"]
-    assert len(set(heard.values())) == 1, heard
+    # WAV and FLAC carry the same 16 kHz speech: the same transcript. The 8 kHz MP3 has lost
+    # everything above 4 kHz; it is heard about as well, not always word for word the same.
+    assert heard["16 kHz WAV"] == heard["44.1 kHz FLAC"], heard
     reference = cases.normalize(case.answer)
-    errors = score.edit_distance(reference, cases.normalize(heard["16 kHz WAV"]))
-    assert errors / len(reference) <= WER_BOUND, heard
+    for name, text in heard.items():
+        errors = score.edit_distance(reference, cases.normalize(text))
+        assert errors / len(reference) <= WER_BOUND, (name, heard)
 
 
 def test_greedy_parity_with_transformers_generate(
@@ -149,3 +161,68 @@ def test_greedy_parity_with_transformers_generate(
             do_sample=False,
         )
         assert served["generated_text"] == expected
+
+
+# Per question type: the bound sits just under what the committed checkpoint measures
+# (README "The listening checkpoint"), so a serving path that mishears fails it.
+ACCURACY_BOUND = {
+    "colour": 0.05,
+    "count": 0.4,
+    "pitch": 0.3,
+    "language": 0.75,
+    "sound": 0.6,
+    "chat": 0.05,
+}
+
+
+def test_accuracy_per_question_type_on_held_out_voices(listener: AudioTextClient) -> None:
+    kinds = tuple(ACCURACY_BOUND)
+    held = cases.cases("held_out", PER_TYPE * len(kinds), seed=2027, kinds=kinds)
+    scores = score.score(held, score.ask(listener, held))
+    low = {k: scores[k] for k, bound in ACCURACY_BOUND.items() if scores[k] < bound}
+    assert not low, scores
+
+
+# Words of a 70-90 s recording that come back in order, on every route that hears it.
+LONG_BOUND = 0.15
+
+
+def test_a_long_recording_comes_back_in_order_on_chat_task_and_transcription_routes(
+    listener: AudioTextClient,
+) -> None:
+    import random
+
+    rng = random.Random("long-recording")
+    for _ in range(20):  # 16 sentences with pauses: the first draw is 72 s
+        clip = cases.draw_recording(rng, "held_out", 16, gaps=(1.5, 3.0))
+        samples = render(clip)
+        if 70 <= len(samples) / SAMPLE_RATE <= 90:
+            break
+    else:
+        raise AssertionError("no 70-90 s recording in 20 draws")
+    reference = cases.normalize(" ".join(clip.sentences))
+    audio = wav_bytes(samples, subtype="PCM_16")
+    instruction = cases.grammar()["instructions"]["transcribe"][0]
+    task = listener.generate_result(
+        {"audio": audio, "text": instruction}, max_new_tokens=400, do_sample=False
+    )
+    chat = listener.chat(
+        [{"role": "user", "content": [{"type": "audio", "audio": audio},
+                                      {"type": "text", "text": instruction}]}],
+        max_new_tokens=400,
+        do_sample=False,
+    )  # fmt: skip
+    # Heard whole: more audio tokens than two full 30 s windows (750 each), not one window's.
+    assert task.prompt_tokens is not None and task.prompt_tokens > 2 * 750, task
+    transcription = listener.transcribe(audio)
+    assert not isinstance(transcription, str)
+    heard = {
+        "task": task.generated_text,
+        "chat": chat.generated_text,
+        "transcription": transcription.text,
+    }
+    in_order = {
+        route: score.words_in_order(reference, cases.normalize(text))
+        for route, text in heard.items()
+    }
+    assert min(in_order.values()) >= LONG_BOUND, (in_order, heard)

@@ -95,6 +95,34 @@ def test_training_encoder_equals_the_served_padding_free_encoder() -> None:
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_stage_one_trains_the_audio_side_alone_and_spells_with_ctc() -> None:
+    import random
+
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(COMMITTED)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
+    prompts = train.Prompts(processor.tokenizer, checkpoint.CHAT_TEMPLATE.read_text())
+    recipe = train.Recipe(ctc_steps=2, ctc_batch=2, eval_every=2)
+    clips = [c.clip for c in cases.cases("train", 6, seed=3, kinds=("transcribe",))]
+    examples = train.speak_all(clips, processor.feature_extractor, workers=2)
+    run = train.Run(model, train.CTCHead(model.lm_head), prompts, recipe, random.Random(0), 0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train.audio_stage(run, examples, examples[:2])
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("model.audio_tower.layers.") for k in changed)
+    assert "lm_head.weight" in changed  # CTC spells through the model's output layer
+    assert not any(k.startswith("model.language_model.") for k in changed)
+
+
+def test_ctc_spelling_collapses_repeats_and_drops_blanks() -> None:
+    blank = 9
+    assert train.ctc_collapse([9, 4, 4, 9, 4, 7, 7, 9, 9, 2], blank) == [4, 4, 7, 2]
+    assert train.ctc_collapse([3, 3, 3], blank) == [3]
+    assert train.ctc_collapse([9, 9], blank) == []
+
+
 def test_committed_checkpoint_is_small_official_and_bfloat16() -> None:
     weights = COMMITTED / "model.safetensors"
     assert weights.stat().st_size <= 25 * 1024 * 1024
