@@ -57,10 +57,10 @@ class Recipe:
     ctc_weight: float = 0.5
     eval_every: int = 500
     bf16: bool = True  # autocast matrix products to bfloat16 (fast where the CPU has it)
-    # Share of clips per question type (the rest of the types are drawn per step).
-    # Share of steps that train on recordings of several sentences (1-2 windows each).
+    # Share of stage-2 steps that train on recordings of several sentences (1-2 windows each).
     long_share: float = 0.15
     long_frames: int = 12000  # mel frames per such batch
+    # Share of clips per question type (the rest of the types are drawn per step).
     mix: tuple[tuple[str, float], ...] = (
         ("transcribe", 0.52),
         ("long", 0.10),
