@@ -507,6 +507,15 @@ def _encode_augmented(
     )
 
 
+def _encode_clean(model: Any, examples: list[Example]) -> list[torch.Tensor]:
+    """Projected audio embeddings of `examples` as heard (no augmentation)."""
+    return encode_batch(
+        model,
+        [e.features[:, : e.frames + TAIL_FRAMES].float() for e in examples],
+        [e.frames for e in examples],
+    )
+
+
 def _ctc_loss(
     ctc: nn.CTCLoss,
     head: CTCHead,
@@ -539,11 +548,7 @@ def ctc_collapse(best: list[int], blank: int) -> list[int]:
 def ctc_wer(model: Any, head: CTCHead, prompts: Prompts, examples: list[Example]) -> float:
     """Word error rate of the CTC head's greedy spelling of English speech (stage 1)."""
     model.eval()
-    audio = encode_batch(
-        model,
-        [e.features[:, : e.frames + TAIL_FRAMES].float() for e in examples],
-        [e.frames for e in examples],
-    )
+    audio = _encode_clean(model, examples)
     model.train()
     errors = words = 0
     for clip, example in zip(audio, examples, strict=True):
@@ -560,11 +565,7 @@ def greedy(
     model: Any, prompts: Prompts, asked: list[tuple[str | None, Example]], limit: int = 24
 ) -> list[str]:
     """Greedy answers (no cache: the model is small) for (instruction, clip) pairs."""
-    audio = encode_batch(
-        model,
-        [e.features[:, : e.frames + TAIL_FRAMES].float() for _, e in asked],
-        [e.frames for _, e in asked],
-    )
+    audio = _encode_clean(model, [e for _, e in asked])
     done: list[list[int]] = [[] for _ in asked]
     finished = [False] * len(asked)
     for _ in range(limit):

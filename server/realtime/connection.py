@@ -316,13 +316,17 @@ class RealtimeSession:
         if self.response is not None and vad is not None and vad.interrupt_response:
             await self._cancel_response("turn_detected")
 
+    def _turn_end_ms(self, detector_end_ms: int) -> int:
+        """Where a turn the detector ends at `detector_end_ms` ends on the session's clock."""
+        return min(self.buffer.end_ms, detector_end_ms + self.detector_offset_ms)
+
     def _speech_paused(self, found: SpeechPaused) -> None:
         """Prefill the turn as it would be if the speech stopped here (one token, dropped)."""
         vad = self.settings.turn_detection
         if self.speech is None or vad is None or not vad.create_response or self.response:
             return
         _, start = self.speech
-        end = min(self.buffer.end_ms, found.audio_end_ms + self.detector_offset_ms)
+        end = self._turn_end_ms(found.audio_end_ms)
         turn = Item("prefill", "user", audio=self.buffer.peek(start, end), rate=self.buffer.rate)
         request = self._answer_request(self.settings, [turn])
         self.prefill = asyncio.create_task(self._prefill(replace(request, max_tokens=1)))
@@ -349,7 +353,7 @@ class RealtimeSession:
         item_id, start = self.speech
         self.speech = None
         # A prefill under way is left to finish: it is computing this turn's KV.
-        end = min(self.buffer.end_ms, found.audio_end_ms + self.detector_offset_ms)
+        end = self._turn_end_ms(found.audio_end_ms)
         await self.send(
             events.event("input_audio_buffer.speech_stopped", audio_end_ms=end, item_id=item_id)
         )
