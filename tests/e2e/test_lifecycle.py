@@ -108,9 +108,23 @@ def test_a_second_ctrl_c_stops_at_once(tiny_path: object, serve: type[Serve]) ->
     assert " DEBUG " in server.output
 
 
-def test_the_start_is_told_in_audiotexts_own_lines(server: ServerProcess) -> None:
+def log_once_ready(server: ServerProcess, timeout: float = 10.0) -> list[str]:
+    """The server's log lines once its `ready:` line is in.
+
+    The supervisor polls `/health` on its own clock, so the line can land a poll after
+    `/health` first answered the launcher.
+    """
     assert server.log is not None
-    lines = Path(server.log.name).read_text(errors="replace").splitlines()
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = Path(server.log.name).read_text(errors="replace").splitlines()
+        if any(line.startswith("ready: ") for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def test_the_start_is_told_in_audiotexts_own_lines(server: ServerProcess) -> None:
+    lines = log_once_ready(server)
     ours = [line for line in lines if line.startswith(("audiotext: ", "ready: "))]
     expected = [
         'audiotext: resolving model "tiny": built-in checkpoint',
