@@ -111,6 +111,8 @@ class RealtimeSession:
         self.speech: tuple[str, int] | None = None  # (item id, start ms) of speech under way
         self.response: ActiveResponse | None = None
         self.prefill: asyncio.Task[None] | None = None  # the paused turn's prompt, prefilled
+        # The turn the prefill sent: the turn itself if the stop cuts the same audio.
+        self.paused_turn: Item | None = None
         self.closed = False
         self.started = self.last_activity = time.monotonic()
         self._send_lock = asyncio.Lock()
@@ -325,9 +327,10 @@ class RealtimeSession:
         vad = self.settings.turn_detection
         if self.speech is None or vad is None or not vad.create_response or self.response:
             return
-        _, start = self.speech
+        item_id, start = self.speech
         end = self._turn_end_ms(found.audio_end_ms)
-        turn = Item("prefill", "user", audio=self.buffer.peek(start, end), rate=self.buffer.rate)
+        turn = Item(item_id, "user", audio=self.buffer.peek(start, end), rate=self.buffer.rate)
+        self.paused_turn = turn
         request = self._answer_request(self.settings, [turn])
         self.prefill = asyncio.create_task(self._prefill(replace(request, max_tokens=1)))
 
@@ -342,6 +345,7 @@ class RealtimeSession:
     async def _drop_prefill(self) -> None:
         """Cancel a prefill still running (its engine request is aborted)."""
         task, self.prefill = self.prefill, None
+        self.paused_turn = None
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -357,7 +361,12 @@ class RealtimeSession:
         await self.send(
             events.event("input_audio_buffer.speech_stopped", audio_end_ms=end, item_id=item_id)
         )
-        await self._add_audio_turn(self.buffer.take(start, end), item_id)
+        pcm = self.buffer.take(start, end)
+        paused, self.paused_turn = self.paused_turn, None
+        if paused is not None and paused.audio == pcm:
+            await self._add_turn(paused)  # the prefilled item: its WAV is made already
+        else:
+            await self._add_turn(Item(item_id, "user", audio=pcm, rate=self.buffer.rate))
         vad = self.settings.turn_detection
         if vad is not None and vad.create_response and self.response is None:
             await self._start_response()
@@ -371,7 +380,7 @@ class RealtimeSession:
             )
         item_id = self.speech[0] if self.speech else new_id("item")
         await self._drop_prefill()  # the commit's audio is not the paused turn's
-        await self._add_audio_turn(self.buffer.take(), item_id)
+        await self._add_turn(Item(item_id, "user", audio=self.buffer.take(), rate=self.buffer.rate))
         self._reset_detector()
 
     async def _clear(self, event: dict[str, Any]) -> None:
@@ -385,8 +394,9 @@ class RealtimeSession:
         if self.detector is not None:
             self.detector.reset(self.buffer.end_ms - self.detector_offset_ms)
 
-    async def _add_audio_turn(self, pcm: bytes, item_id: str) -> None:
-        item = Item(item_id, "user", audio=pcm, rate=self.buffer.rate)
+    async def _add_turn(self, item: Item) -> None:
+        """A user audio turn is committed: added to the conversation and told."""
+        item_id = item.id
         previous = self.conversation.add(item)
         await self.send(
             events.event("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
