@@ -13,6 +13,7 @@ audiotext serves it (`features.trimmed_features`). Matrix products run in bfloat
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -69,6 +70,11 @@ class Recipe:
         ("language", 0.10),
         ("sound", 0.06),
     )
+
+    def spoken_key(self) -> str:
+        """What decides the spoken clips (seed, count, mix): their cache file's key."""
+        mix = hashlib.sha256(repr(self.mix).encode()).hexdigest()[:12]
+        return f"{self.seed}-{self.clips}-{mix}"
 
 
 @dataclass
@@ -304,7 +310,7 @@ def train(out: Path, recipe: Recipe = Recipe(), init: Path | None = None) -> Pat
 
     started = time.monotonic()
     # Spoken clips are kept beside the output, so a restarted run skips speaking.
-    spoken = out.parent / f".{out.name}-clips-{recipe.seed}-{recipe.clips}.pt"
+    spoken = out.parent / f".{out.name}-clips-{recipe.spoken_key()}.pt"
     if spoken.exists():
         examples = torch.load(spoken, weights_only=False)
     else:
@@ -392,15 +398,7 @@ def audio_stage(run: Run, examples: list[Example], held_speech: list[Example]) -
             aux = _ctc_loss(run.ctc, run.ctc_head, audio, batch, run.prompts)
         assert aux is not None  # every clip here is English speech
         _step(optimizer, schedule, aux, parameters)
-        if step % 25 == 0 or step == recipe.ctc_steps - 1:
-            logger.info(
-                "ctc step %d/%d ctc %.3f lr %.2e (%.0f s)",
-                step,
-                recipe.ctc_steps,
-                aux.item(),
-                schedule.get_last_lr()[0],
-                run.elapsed(),
-            )
+        _progress(run, "ctc step", step, recipe.ctc_steps, schedule, ctc=aux.item())
         if (step + 1) % recipe.eval_every == 0 or step == recipe.ctc_steps - 1:
             wer = ctc_wer(run.model, run.ctc_head, run.prompts, held_speech)
             logger.info("held-out after %d CTC steps: {'ctc_wer': %.3f}", step + 1, wer)
@@ -427,20 +425,20 @@ def joint_stage(
             loss, aux = batch_loss(run.model, run.ctc_head, run.ctc, run.prompts, samples, rng)
             total = loss + recipe.ctc_weight * aux if aux is not None else loss
         _step(optimizer, schedule, total, parameters)
-        if step % 25 == 0 or step == recipe.steps - 1:
-            logger.info(
-                "step %d/%d loss %.3f ctc %.3f lr %.2e (%.0f s)",
-                step,
-                recipe.steps,
-                loss.item(),
-                aux.item() if aux is not None else 0.0,
-                schedule.get_last_lr()[0],
-                run.elapsed(),
-            )
+        ctc = aux.item() if aux is not None else 0.0
+        _progress(run, "step", step, recipe.steps, schedule, loss=loss.item(), ctc=ctc)
         if (step + 1) % recipe.eval_every == 0 or step == recipe.steps - 1:
             scores = evaluate(run.model, run.prompts, held, held_examples)
             logger.info("held-out after %d steps: %s", step + 1, scores)
             save()
+
+
+def _progress(run: Run, label: str, step: int, steps: int, schedule: Any, **losses: float) -> None:
+    """Every 25th step and the last: `label step/steps`, the losses, the rate, the time."""
+    if step % 25 == 0 or step == steps - 1:
+        values = " ".join(f"{name} {value:.3f}" for name, value in losses.items())
+        lr = schedule.get_last_lr()[0]
+        logger.info("%s %d/%d %s lr %.2e (%.0f s)", label, step, steps, values, lr, run.elapsed())
 
 
 def draw_batch(rng: random.Random, recipe: Recipe, pool: list[Example]) -> list[list[Example]]:

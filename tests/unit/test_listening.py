@@ -95,7 +95,10 @@ def test_training_encoder_equals_the_served_padding_free_encoder() -> None:
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_stage_one_trains_the_audio_side_alone_and_spells_with_ctc() -> None:
+def test_stage_one_trains_the_audio_side_alone_and_spells_with_ctc(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
     import random
 
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
@@ -108,12 +111,29 @@ def test_stage_one_trains_the_audio_side_alone_and_spells_with_ctc() -> None:
     examples = train.speak_all(clips, processor.feature_extractor, workers=2)
     run = train.Run(model, train.CTCHead(model.lm_head), prompts, recipe, random.Random(0), 0.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train.audio_stage(run, examples, examples[:2])
+    with caplog.at_level(logging.INFO, logger=train.__name__):
+        train.audio_stage(run, examples, examples[:2])
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ctc step")]
+    assert [m.split(" ctc ")[0] for m in progress] == ["ctc step 0/2", "ctc step 1/2"]
+    assert all(" lr " in m and m.endswith(" s)") for m in progress)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("model.audio_tower.layers.") for k in changed)
     assert "lm_head.weight" in changed  # CTC spells through the model's output layer
     assert not any(k.startswith("model.language_model.") for k in changed)
+
+
+def test_spoken_clips_are_cached_under_what_decides_them() -> None:
+    recipe = train.Recipe()
+    assert recipe.spoken_key() == train.Recipe(steps=10, ctc_steps=5, lr=1.0).spoken_key()
+    other_mix = (("transcribe", 0.5), *recipe.mix[1:])
+    others = [
+        train.Recipe(seed=1),
+        train.Recipe(clips=100),
+        train.Recipe(mix=other_mix),
+    ]
+    keys = {recipe.spoken_key(), *(r.spoken_key() for r in others)}
+    assert len(keys) == 4
 
 
 def test_ctc_spelling_collapses_repeats_and_drops_blanks() -> None:
