@@ -18,21 +18,23 @@ from audiotext.benchmarks.startup import PHASES, READY_PHASE
 
 @pytest.fixture(scope="module")
 def starts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("startup") / "startup.json"
+    folder = tmp_path_factory.mktemp("startup")
+    out, logs = folder / "startup.json", folder / "logs"
     command = [
         sys.executable, "-m", "audiotext.benchmarks.startup", "--size", "tiny",
-        "--systems", "audiotext", "--warm", "1", "--out", str(out),
+        "--systems", "audiotext", "--warm", "1", "--out", str(out), "--log-dir", str(logs),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return {s["kind"]: s for s in json.loads(Path(out).read_text())["starts"]}
+    starts = {s["kind"]: s for s in json.loads(Path(out).read_text())["starts"]}
+    return starts | {"logs": sorted(logs.glob("*.log"))}
 
 
 def test_every_phase_is_found_and_they_add_up_to_the_ready_time(
     starts: dict[str, Any],
 ) -> None:
-    assert set(starts) == {"cold", "warm"}
-    for start in starts.values():
+    assert set(starts) == {"cold", "warm", "logs"}
+    for start in (starts["cold"], starts["warm"]):
         # A vLLM release that rewords a marker line fails here, not silently.
         assert list(start["phases"]) == [name for name, _ in PHASES] + [READY_PHASE], start
         assert sum(start["phases"].values()) == pytest.approx(start["ready_s"], abs=1e-6)
@@ -45,3 +47,14 @@ def test_a_warm_start_reuses_the_compile_cache(starts: dict[str, Any]) -> None:
     # Cold compiles (about 17 s here); warm loads torch inductor's cache (about 5 s).
     assert warm["phases"]["compile_and_warm_up"] < 0.6 * cold["phases"]["compile_and_warm_up"]
     assert warm["ready_s"] < cold["ready_s"]
+
+
+def test_the_engine_process_runs_the_model_without_a_worker_process(
+    starts: dict[str, Any],
+) -> None:
+    assert len(starts["logs"]) == 2
+    for log in starts["logs"]:
+        lines = log.read_text(errors="replace").splitlines()
+        loading = [line for line in lines if "Starting to load model" in line]
+        assert loading and all("(EngineCore" in line for line in loading), loading
+        assert not any("(Worker" in line for line in lines)

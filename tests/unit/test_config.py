@@ -94,6 +94,21 @@ def test_cpu_warm_starts_reuse_the_compile_cache(monkeypatch: pytest.MonkeyPatch
     assert "VLLM_USE_AOT_COMPILE" not in to_vllm(ServerConfig(device="cpu")).env
 
 
+def test_cpu_runs_the_model_inside_the_engine_core_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    assert to_vllm(ServerConfig(device="cpu")).env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    for other in [
+        ServerConfig(device="cpu", worker_process=True),
+        ServerConfig(device="cuda"),
+        ServerConfig(device="cpu", stock=True),
+    ]:
+        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in to_vllm(other).env
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in to_vllm(ServerConfig(device="cpu")).env
+
+
 def test_headless_is_read_from_the_flags_passed_to_vllm() -> None:
     assert ServerConfig(extra_args=("--data-parallel-size", "2", "--headless")).headless
     assert not ServerConfig().headless
