@@ -1,6 +1,6 @@
 """Start-up: seconds from `audiotext serve` to `/health` 200, and where they go.
 
-    python -m audiotext.benchmarks.startup [--size tiny] [--systems audiotext,vllm] [--warm 2]
+    python -m audiotext.benchmarks.startup [--size tiny] [--systems audiotext vllm] [--warm 2]
 
 Per system, one cold start (empty compile caches: a fresh `VLLM_CACHE_ROOT` and
 `TORCHINDUCTOR_CACHE_DIR` of its own) and `--warm` warm starts on the caches the cold one
@@ -8,7 +8,9 @@ filled; the systems take turns (cold, cold, warm, warm, ...) so that load on the
 hits them alike. `vllm` is stock vLLM behind the same launcher (`--stock`: no plugins,
 vLLM's own environment); `audiotext@DIR` is audiotext's server and client from the source
 folder DIR (a checkout of another commit, e.g. `git worktree add DIR COMMIT`), to measure
-a change side by side with what it changed. The server's output is read line by line as
+a change side by side with what it changed; `audiotext:field=value,...` changes settings
+as in `audiotext bench` (e.g. `audiotext:worker_process=true`, the flag `--worker-process`).
+The server's output is read line by line as
 it comes; each phase ends at the first line that marks it (`PHASES`), the last at
 `/health` 200 (polled every 0.5 s). "Cold" means the compile caches only: Python's
 bytecode and the OS page cache stay warm. Prints a table and writes the records as JSON (`--out`).
@@ -24,13 +26,13 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 from unittest import mock
 
 from audiotext.benchmarks.bench import machine, versions
-from audiotext.benchmarks.systems import VLLM_CPU_SERVER_DEFAULTS
+from audiotext.benchmarks.systems import VLLM_CPU_SERVER_DEFAULTS, SystemSpec
 from audiotext.server import supervisor
 from audiotext.server.config import ServerConfig
 from audiotext.server.launcher import ServerProcess, free_port
@@ -44,7 +46,8 @@ PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("model_inspection", re.compile("Resolved architecture:")),
     # vLLM spawns the engine core process, which imports vLLM again.
     ("engine_process", re.compile("Initializing a V1 LLM engine")),
-    # The engine spawns its worker (on CPU always a process of its own), again importing.
+    # The engine sets up its worker: on CPU, by default in the engine process; with
+    # `--worker-process` (and in stock vLLM) a process of its own, importing vLLM again.
     ("worker_process", supervisor.LOADING),
     ("weights", supervisor.LOADED),
     # torch.compile (or its cache), the encoder's profiling run and the warm-up pass.
@@ -67,8 +70,9 @@ class Start:
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="tiny", help="built-in checkpoint")
     parser.add_argument(
-        "--systems", default="audiotext,vllm",
-        help="comma-separated: audiotext, vllm, audiotext@DIR (the source folder DIR)",
+        "--systems", nargs="+", default=["audiotext", "vllm"], metavar="SYSTEM",
+        help="audiotext, vllm, audiotext@DIR (the source folder DIR); "
+        "audiotext:field=value,... changes a setting",
     )  # fmt: skip
     parser.add_argument("--warm", type=int, default=2, help="warm starts per system")
     parser.add_argument("--dtype", default="auto")
@@ -76,14 +80,35 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-dir", type=Path, help="keep each start's server output here")
 
 
-def source_path(system: str, tmp: Path) -> str | None:
+@dataclass(frozen=True)
+class StartSystem:
+    """One entry of `--systems`: `audiotext` or `vllm` as `audiotext bench` takes them
+    (`audiotext:field=value,...`), and `audiotext@DIR` for DIR's server."""
+
+    spec: SystemSpec
+    source: Path | None  # audiotext@DIR: the source folder
+
+    @classmethod
+    def parse(cls, text: str) -> StartSystem:
+        head, colon, changes = text.partition(":")
+        kind, at, folder = head.partition("@")
+        if kind not in ("audiotext", "vllm") or (at and kind != "audiotext"):
+            raise SystemExit(f"unknown system {text!r} (audiotext, vllm, audiotext@DIR)")
+        try:
+            spec = SystemSpec.parse(kind + colon + changes)
+        except ValueError as e:
+            raise SystemExit(f"{text!r}: {e}") from None
+        return cls(replace(spec, name=text), Path(folder).resolve() if at else None)
+
+
+def source_path(system: StartSystem, tmp: Path) -> str | None:
     """For `audiotext@DIR`: a PYTHONPATH whose `audiotext` is DIR's server and client (and
     this benchmark), so the server started is DIR's; None for the installed one."""
-    if "@" not in system:
+    source = system.source
+    if source is None:
         return None
-    source = Path(system.partition("@")[2]).resolve()
     if not (source / "server" / "cli.py").is_file():
-        raise SystemExit(f"{system}: {source} is not an audiotext source folder")
+        raise SystemExit(f"{system.spec.name}: {source} is not an audiotext source folder")
     package = Path(tempfile.mkdtemp(prefix="source-", dir=tmp)) / "audiotext"
     package.mkdir()
     (package / "server").symlink_to(source / "server")
@@ -92,12 +117,13 @@ def source_path(system: str, tmp: Path) -> str | None:
     return os.pathsep.join(filter(None, [str(package.parent), os.environ.get("PYTHONPATH")]))
 
 
-def server_config(system: str, size: str, dtype: str) -> ServerConfig:
-    """audiotext's defaults, or stock vLLM's as `audiotext bench` runs it."""
+def server_config(system: StartSystem, size: str, dtype: str) -> ServerConfig:
+    """audiotext's defaults, or stock vLLM's as `audiotext bench` runs it; then the
+    system's own settings."""
     settings: dict[str, Any] = {"model": size, "dtype": dtype, "port": free_port()}
-    if system == "vllm":
+    if system.spec.kind == "vllm":
         settings |= {"stock": True, **VLLM_CPU_SERVER_DEFAULTS}
-    return ServerConfig(**settings)
+    return ServerConfig(**settings | system.spec.overrides)
 
 
 def phases_of(lines: list[tuple[float, str]], ready_s: float) -> dict[str, float]:
@@ -155,10 +181,7 @@ def start_once(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in systems if s != "vllm" and s.partition("@")[0] != "audiotext"]
-    if unknown:
-        raise SystemExit(f"unknown systems: {', '.join(unknown)} (audiotext, vllm, audiotext@DIR)")
+    systems = [StartSystem.parse(text) for text in args.systems]
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     starts: list[Start] = []
@@ -168,13 +191,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             kind = "cold" if round_ == 0 else "warm"
             for n, system in enumerate(systems):
                 config = server_config(system, args.size, args.dtype)
-                label = f"{n}-{system.partition('@')[0]}-{round_}"
+                label = f"{n}-{system.spec.kind}-{round_}"
                 log_path = args.log_dir / f"{label}.log" if args.log_dir else None
-                print(f"{system}: {kind} start" + (f" {round_}" if round_ else ""), flush=True)
+                print(
+                    f"{system.spec.name}: {kind} start" + (f" {round_}" if round_ else ""),
+                    flush=True,
+                )
                 caches = Path(tmp) / f"caches-{n}"
                 ready_s, lines = start_once(config, caches, log_path, sources[n])
                 start = Start(
-                    system, kind, ready_s, phases_of(lines, ready_s),
+                    system.spec.name, kind, ready_s, phases_of(lines, ready_s),
                     any(AOT_LOAD_FAILURE in line for _, line in lines),
                 )  # fmt: skip
                 print(f"  ready in {ready_s:.1f} s: {_phases_text(start.phases)}", flush=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,19 @@ def test_summary_percentiles_and_throughput() -> None:
     assert summary["ttft_s"]["p50"] == pytest.approx(0.25)
     assert summary["tpot_s"]["mean"] == pytest.approx(0.1)
     assert summary["itl_s"]["p99"] == pytest.approx(0.1)
+
+
+def test_startup_systems_take_server_settings(tmp_path: Path) -> None:
+    from audiotext.benchmarks.startup import StartSystem, server_config
+
+    plain = StartSystem.parse("audiotext")
+    changed = StartSystem.parse("audiotext:worker_process=true,max_num_seqs=8")
+    assert changed.spec.name == "audiotext:worker_process=true,max_num_seqs=8"
+    config = server_config(changed, "tiny", "auto")
+    assert config.worker_process and config.max_num_seqs == 8
+    assert not server_config(plain, "tiny", "auto").worker_process
+    assert server_config(StartSystem.parse("vllm"), "tiny", "auto").stock
+    assert StartSystem.parse(f"audiotext@{tmp_path}").source == tmp_path.resolve()
+    for bad in ["sglang", "vllm@x", "vllm:stock=false", "audiotext:nope=1"]:
+        with pytest.raises(SystemExit):
+            StartSystem.parse(bad)
