@@ -38,8 +38,9 @@ RAY_COPY_ENV = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
 # without it, torch inductor's own cache is reused. A value the user sets is kept.
 AOT_COMPILE_ENV = "VLLM_USE_AOT_COMPILE"
 # On CPU, vLLM's engine process starts a worker process for the model by default: one more
-# Python start, import and handshake (about 7 s of a warm start) for nothing with one
-# worker. 0 runs the model inside the engine process. A value the user sets is kept.
+# Python start, import and handshake (7-14 s of a warm start on the CPUs measured) for
+# nothing with one worker. 0 runs the model inside the engine process. A value the user
+# sets is kept.
 MULTIPROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -149,7 +150,7 @@ class ServerConfig:
     worker_process: bool = _opt(
         False,
         "Run the model in a worker process of its own, as stock vLLM does (cpu; by default "
-        "the engine process runs it: starts 7 s sooner, same speed).",
+        "the engine process runs it: starts 7-14 s sooner, same speed).",
     )
     stock: bool = _opt(False, "Serve with stock vLLM only: load none of audiotext's plugins.")
     padding_free: bool = _opt(
