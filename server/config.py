@@ -264,11 +264,11 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
     if not config.stock:
         env["VLLM_MEDIA_CONNECTOR"] = MEDIA_CONNECTOR
         env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(config.keep_alive_s)
-        if config.resolved_device == "cpu" and AOT_COMPILE_ENV not in os.environ:
-            env[AOT_COMPILE_ENV] = "0"
-        cpu = config.resolved_device == "cpu"
-        if cpu and not config.worker_process and MULTIPROCESS_ENV not in os.environ:
-            env[MULTIPROCESS_ENV] = "0"
+        if config.resolved_device == "cpu":
+            cpu_env = {AOT_COMPILE_ENV: "0"}
+            if not config.worker_process:
+                cpu_env[MULTIPROCESS_ENV] = "0"
+            env |= {name: v for name, v in cpu_env.items() if name not in os.environ}
         # The plugins, inside vLLM's processes, read the configuration back from here;
         # Ray workers on other nodes get it only if vLLM is told to copy it.
         env[CONFIG_ENV] = to_json(config)

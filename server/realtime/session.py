@@ -220,11 +220,9 @@ class AudioBuffer:
     def take(self, start_ms: int | None = None, end_ms: int | None = None) -> bytes:
         """Cut `[start_ms, end_ms)` out (default: everything); what came before is dropped,
         what comes after stays."""
-        cut = self.peek(
-            self.start_ms if start_ms is None else start_ms,
-            self.end_ms if end_ms is None else end_ms,
-        )
-        end = self._offset(self.end_ms if end_ms is None else end_ms)
+        end_ms = self.end_ms if end_ms is None else end_ms
+        cut = self.peek(self.start_ms if start_ms is None else start_ms, end_ms)
+        end = self._offset(end_ms)
         self.start_ms += self.ms(end)
         # Keep the clock exact: drop whole samples only.
         del self.data[:end]
