@@ -193,7 +193,40 @@ def time_table(result: dict[str, Any]) -> list[str]:
         "| system | at | client latency | frontend + transport | queue | prefill | decode |",
         "|---|---|---:|---:|---:|---:|---:|",
         *rows,
+        *step_lines(result, workload),
     ]
+
+
+def step_lines(result: dict[str, Any], workload: str) -> list[str]:
+    """Engine steps by tokens per step at each system's saturation (vLLM's histogram)."""
+    lines = []
+    for system in result["systems"]:
+        best = saturation(system, workload)
+        if best is None or not best.get("engine"):
+            continue
+        steps = step_counts(best["engine"])
+        if steps:
+            cells = ", ".join(f"{_bucket(lo, hi)}: {n}" for lo, hi, n in steps)
+            lines.append(f"- {system['name']} at {best['label']}: {cells}")
+    if not lines:
+        return []
+    return ["", "Engine steps by tokens per step, at saturation (tokens: steps):", "", *lines]
+
+
+def step_counts(engine: dict[str, float]) -> list[tuple[float, float, int]]:
+    """(above, at most, steps) per non-empty bucket of the tokens-per-step histogram."""
+    bounds = sorted(float(k.removeprefix("steps_le_")) for k in engine if k.startswith("steps_le_"))
+    rows, below, previous = [], 0.0, 0.0
+    for bound in bounds:
+        cumulative = engine[f"steps_le_{bound:g}"]
+        if cumulative > previous:
+            rows.append((below, bound, int(cumulative - previous)))
+        below, previous = bound, cumulative
+    return rows
+
+
+def _bucket(above: float, at_most: float) -> str:
+    return f"over {above:g}" if at_most == float("inf") else f"{above + 1:g}-{at_most:g}"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -81,31 +81,44 @@ class Result:
 ENGINE_PHASES = ("queue", "prefill", "decode")
 
 
+# vLLM's histogram of tokens per engine step: `steps_le_N` counts steps of at most N tokens.
+STEP_TOKENS = "vllm:iteration_tokens_total"
+
+
 def engine_totals(base_url: str) -> dict[str, float]:
-    """Sum and count of each phase's histogram on a vLLM server, since it started."""
+    """Sum and count of each phase's histogram on a vLLM server, since it started, and the
+    cumulative step counts of its tokens-per-step histogram (`steps_le_N`)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        for phase in ENGINE_PHASES:
-            if family.name == f"vllm:request_{phase}_time_seconds":
-                for sample in family.samples:
+        for sample in family.samples:
+            key = None
+            if family.name == STEP_TOKENS and sample.name.endswith("_bucket"):
+                key = f"steps_le_{float(sample.labels['le']):g}"
+            for phase in ENGINE_PHASES:
+                if family.name == f"vllm:request_{phase}_time_seconds":
                     for suffix in ("_sum", "_count"):
                         if sample.name.endswith(suffix):
                             key = phase + suffix
-                            totals[key] = totals.get(key, 0.0) + sample.value
+            if key is not None:
+                totals[key] = totals.get(key, 0.0) + sample.value
     return totals
 
 
 def engine_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Mean seconds per request in each phase between two `engine_totals`."""
+    """Mean seconds per request in each phase between two `engine_totals`, and the step
+    counts of the tokens-per-step histogram in between (`steps_le_N`, cumulative)."""
     means = {}
     for phase in ENGINE_PHASES:
         count = after.get(f"{phase}_count", 0.0) - before.get(f"{phase}_count", 0.0)
         if count:
             total = after.get(f"{phase}_sum", 0.0) - before.get(f"{phase}_sum", 0.0)
             means[f"{phase}_s"] = total / count
+    for key, value in after.items():
+        if key.startswith("steps_le_"):
+            means[key] = value - before.get(key, 0.0)
     return means
 
 

@@ -88,3 +88,15 @@ def test_the_json_echoes_configuration_machine_and_versions(
         stock["invocation"]["vllm_argv"][stock["invocation"]["vllm_argv"].index("--dtype") + 1]
         == "auto"
     )
+
+
+def test_the_vllm_servers_record_their_engine_steps(result: tuple[dict[str, Any], Path]) -> None:
+    from audiotext.benchmarks.report import step_counts, time_table
+
+    data, _ = result
+    for name in ("audiotext", "vllm"):
+        system = next(s for s in data["systems"] if s["name"] == name)
+        point = next(p for p in system["points"] if p["label"] == "c=2")
+        # 4 requests of OUTPUT_TOKENS tokens, 2 at a time, a token per sequence per step.
+        assert sum(n for _, _, n in step_counts(point["engine"])) >= 4 * OUTPUT_TOKENS / 2
+    assert any(line.startswith("- audiotext at ") for line in time_table(data))

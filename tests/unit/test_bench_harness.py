@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from audiotext.benchmarks import bench, report
+from audiotext.benchmarks import bench, report, systems
 from audiotext.benchmarks.systems import Point, SystemSpec
 from audiotext.benchmarks.workloads import WORKLOADS, make_items
 
@@ -54,7 +54,7 @@ def test_workload_clip_lengths_stay_in_their_ranges(name: str) -> None:
     assert len({item.text for item in items}) > 1
 
 
-@pytest.mark.parametrize("name", ["default", "defaults", "tuning"])
+@pytest.mark.parametrize("name", ["default", "defaults", "tuning", "lengths-512-c64-bf16"])
 def test_the_readme_tables_are_generated_from_the_committed_results(name: str) -> None:
     result = json.loads((RESULTS / f"{name}.json").read_text())
     assert result["name"] == name
@@ -70,3 +70,11 @@ def test_the_task_endpoint_gets_its_chat_twins_clips_negated() -> None:
     task = bench.items_for("short", Point("closed", 1, "task"), args)
     assert [t.text for t in task] == [c.text for c in chat]
     assert all((t.samples == -c.samples).all() for t, c in zip(task, chat, strict=True))
+
+
+def test_engine_steps_come_from_the_cumulative_histogram_between_two_scrapes() -> None:
+    before = {"steps_le_16": 2.0, "steps_le_64": 3.0, "steps_le_4096": 3.0, "steps_le_inf": 3.0}
+    after = {"steps_le_16": 12.0, "steps_le_64": 13.0, "steps_le_4096": 15.0, "steps_le_inf": 16.0}
+    engine = systems.engine_means(before, after)
+    assert report.step_counts(engine) == [(0, 16, 10), (64, 4096, 2), (4096, float("inf"), 1)]
+    assert report._bucket(16, 64) == "17-64" and report._bucket(4096, float("inf")) == "over 4096"
