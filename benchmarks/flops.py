@@ -11,6 +11,7 @@ torch in the same dtype (`peak_flops`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -107,20 +108,28 @@ def point_flops_per_s(shape: Shape, point: dict[str, Any]) -> float | None:
 def peak_flops(dtype: str, size: int = 2048, seconds: float = 2.0) -> float:
     """The best of repeated `size`-square linear layers (`F.linear`, as models call them)
     in `dtype`, with torch's threads."""
+    return linear_rate([(size, size)], size, dtype, seconds)
+
+
+def linear_rate(layers: Sequence[tuple[int, int]], rows: int, dtype: str, seconds: float) -> float:
+    """FLOPs per second of one pass of `rows` rows through the (in, out) linear `layers`
+    (`F.linear`, torch's threads): the best of repeats for `seconds`, after a warm-up."""
     import torch
     import torch.nn.functional as F
 
     kind = getattr(torch, dtype)
-    x = torch.randn(size, size, dtype=kind)
-    weight = torch.randn(size, size, dtype=kind)
-    F.linear(x, weight)  # warm-up: threads, kernels
+    work = [(torch.randn(rows, i, dtype=kind), torch.randn(o, i, dtype=kind)) for i, o in layers]
+    flops = sum(2 * rows * i * o for i, o in layers)
+    for x, w in work:  # warm-up: threads, kernels
+        F.linear(x, w)
     best = float("inf")
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         start = time.perf_counter()
-        F.linear(x, weight)
+        for x, w in work:
+            F.linear(x, w)
         best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+    return flops / best
 
 
 def describe(path: Path, dtypes: tuple[str, ...]) -> dict[str, Any]:

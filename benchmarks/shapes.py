@@ -12,17 +12,16 @@ run (`flops.peak_flops`). A model whose steps run at a share of 30 % cannot reac
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 
-from audiotext.benchmarks.flops import Shape, peak_flops
+from audiotext.benchmarks.flops import Shape, linear_rate, peak_flops
 
 LM_ROWS = (1, 4, 16, 64, 256, 1024, 4096)
 ENCODER_ROWS = (100, 500, 1500)
 
 
 def lm_layers(shape: Shape) -> list[tuple[int, int]]:
-    """(in, out) of one decoder layer's linear layers, fused as vLLM runs them, and the head."""
+    """(in, out) of one decoder layer's linear layers, fused as vLLM runs them."""
     head_dim = shape.hidden // shape.heads
     return [
         (shape.hidden, (shape.heads + 2 * shape.kv_heads) * head_dim),  # qkv_proj
@@ -38,33 +37,15 @@ def encoder_layers(shape: Shape) -> list[tuple[int, int]]:
     return [(d, d)] * 4 + [(d, shape.encoder_ffn), (shape.encoder_ffn, d)]
 
 
-def rate(layers: Sequence[tuple[int, int]], rows: int, dtype: str, seconds: float) -> float:
-    """FLOPs per second of one pass over `layers` at `rows` rows: the best of repeats."""
-    import torch
-    import torch.nn.functional as F
-
-    kind = getattr(torch, dtype)
-    work = [(torch.randn(rows, i, dtype=kind), torch.randn(o, i, dtype=kind)) for i, o in layers]
-    flops = sum(2 * rows * i * o for i, o in layers)
-    for x, w in work:  # warm-up: threads, kernels
-        F.linear(x, w)
-    best = float("inf")
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter()
-        for x, w in work:
-            F.linear(x, w)
-        best = min(best, time.perf_counter() - start)
-    return flops / best
-
-
 def measure(shape: Shape, dtype: str, seconds: float = 0.5) -> dict[str, dict[int, float]]:
     """Share of the square peak per row count, for the language model and the encoder."""
     peak = peak_flops(dtype)
     return {
-        "language model": {n: rate(lm_layers(shape), n, dtype, seconds) / peak for n in LM_ROWS},
+        "language model": {
+            n: linear_rate(lm_layers(shape), n, dtype, seconds) / peak for n in LM_ROWS
+        },
         "audio encoder": {
-            n: rate(encoder_layers(shape), n, dtype, seconds) / peak for n in ENCODER_ROWS
+            n: linear_rate(encoder_layers(shape), n, dtype, seconds) / peak for n in ENCODER_ROWS
         },
     }
 

@@ -92,16 +92,14 @@ def engine_totals(base_url: str) -> dict[str, float]:
 
     text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
     totals: dict[str, float] = {}
+    phases = {f"vllm:request_{phase}_time_seconds": phase for phase in ENGINE_PHASES}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = None
             if family.name == STEP_TOKENS and sample.name.endswith("_bucket"):
                 key = f"steps_le_{float(sample.labels['le']):g}"
-            for phase in ENGINE_PHASES:
-                if family.name == f"vllm:request_{phase}_time_seconds":
-                    for suffix in ("_sum", "_count"):
-                        if sample.name.endswith(suffix):
-                            key = phase + suffix
+            elif family.name in phases and sample.name.endswith(("_sum", "_count")):
+                key = phases[family.name] + sample.name[sample.name.rindex("_") :]
             if key is not None:
                 totals[key] = totals.get(key, 0.0) + sample.value
     return totals
