@@ -70,6 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--init", type=Path, help="continue from this listening checkpoint's weights"
     )
+    train.add_argument(
+        "--long-share",
+        type=float,
+        help="share of joint steps on recordings of several sentences (default: the recipe's)",
+    )
+    train.add_argument(
+        "--long-windows",
+        type=int,
+        choices=range(2, 5),
+        help="at most this many recordings heard as the windows of one long clip "
+        "(default: the recipe's)",
+    )
+    train.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        help="autocast matrix products to bfloat16 (default: where the CPU computes in it "
+        "natively; elsewhere float32 is several times faster)",
+    )
+    train.add_argument(
+        "--task-weights",
+        type=_task_weights,
+        help="question-type weights for the joint stage, e.g. pitch=4,chat=3 (types not "
+        "named weigh 1; default: every instruction of a clip alike)",
+    )
 
     sentences = model_commands.add_parser(
         "sentences",
@@ -218,6 +242,27 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     raise UsageError(f"unknown command {args.command}")
 
 
+def _task_weights(text: str) -> tuple[tuple[str, float], ...]:
+    """`pitch=4,chat=3` as ((type, weight), ...), every type one the grammar asks."""
+    from audiotext.server.listening.cases import KINDS
+
+    out = []
+    for item in text.split(","):
+        kind, _, weight = item.partition("=")
+        if kind not in KINDS:
+            raise argparse.ArgumentTypeError(
+                f"unknown question type {kind!r}; choose among {', '.join(KINDS)}"
+            )
+        try:
+            value = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: write TYPE=WEIGHT") from None
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"{item!r}: a weight is a number >= 0")
+        out.append((kind, value))
+    return tuple(out)
+
+
 def _model(args: argparse.Namespace) -> int:
     if args.model_command == "build":
         out = args.out or checkpoint.builtin_path(args.size, args.seed)
@@ -233,6 +278,10 @@ def _model(args: argparse.Namespace) -> int:
             "clips": args.clips,
             "seed": args.seed,
             "lr": args.lr,
+            "long_share": args.long_share,
+            "long_windows": args.long_windows,
+            "bf16": args.bf16,
+            "task_weights": args.task_weights,
         }
         recipe = dataclasses.replace(
             train.Recipe(), **{k: v for k, v in changes.items() if v is not None}

@@ -13,7 +13,9 @@ audiotext serves it (`features.trimmed_features`). Matrix products run in bfloat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import logging
 import math
 import random
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from audiotext.server import checkpoint
+from audiotext.server.config import cpu_has_bfloat16
 from audiotext.server.features import TAIL_FRAMES, trimmed_features
 from audiotext.server.listening import cases
 from audiotext.server.listening.score import edit_distance, score
@@ -57,10 +60,13 @@ class Recipe:
     warmup: int = 100
     ctc_weight: float = 0.5
     eval_every: int = 500
-    bf16: bool = True  # autocast matrix products to bfloat16 (fast where the CPU has it)
+    # Autocast matrix products to bfloat16; None: where the CPU computes in it natively
+    # (AVX-512 BF16, AMX, Arm BF16). Elsewhere the autocast runs ~10x slower than float32.
+    bf16: bool | None = None
     # Share of stage-2 steps that train on recordings of several sentences (1-2 windows each).
     long_share: float = 0.15
     long_frames: int = 12000  # mel frames per such batch
+    long_windows: int = 2  # at most this many recordings heard as the windows of one clip
     # Share of clips per question type (the rest of the types are drawn per step).
     mix: tuple[tuple[str, float], ...] = (
         ("transcribe", 0.52),
@@ -70,11 +76,21 @@ class Recipe:
         ("language", 0.10),
         ("sound", 0.06),
     )
+    # Weight of each question type when a clip's question is drawn (types left out weigh
+    # 1). Empty: every (type, instruction) pair the clip can be asked is equally likely.
+    task_weights: tuple[tuple[str, float], ...] = ()
 
     def spoken_key(self) -> str:
         """What decides the spoken clips (seed, count, mix): their cache file's key."""
         mix = hashlib.sha256(repr(self.mix).encode()).hexdigest()[:12]
         return f"{self.seed}-{self.clips}-{mix}"
+
+
+def with_autocast_decided(recipe: Recipe) -> Recipe:
+    """`recipe` with `bf16` decided: as given, else whether the CPU computes in bfloat16."""
+    if recipe.bf16 is not None:
+        return recipe
+    return dataclasses.replace(recipe, bf16=cpu_has_bfloat16() is True)
 
 
 @dataclass
@@ -298,6 +314,8 @@ def train(out: Path, recipe: Recipe = Recipe(), init: Path | None = None) -> Pat
     """
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
+    recipe = with_autocast_decided(recipe)
+    logger.info("matrix products in %s", "bfloat16" if recipe.bf16 else "float32")
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
     staging = out.with_name(out.name + ".staging")
@@ -393,7 +411,7 @@ def audio_stage(run: Run, examples: list[Example], held_speech: list[Example]) -
     for step in range(recipe.ctc_steps):
         start = rng.randrange(0, len(speech) - recipe.ctc_batch)
         batch = speech[start : start + recipe.ctc_batch]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(recipe.bf16)):
             audio = _encode_augmented(run.model, batch, rng)
             aux = _ctc_loss(run.ctc, run.ctc_head, audio, batch, run.prompts)
         assert aux is not None  # every clip here is English speech
@@ -419,10 +437,13 @@ def joint_stage(
     schedule = _schedule(optimizer, recipe.warmup, recipe.steps)
     short = sorted((e for e in examples if not e.long), key=lambda e: e.frames)
     long = sorted((e for e in examples if e.long), key=lambda e: e.frames)
+    weights = dict(recipe.task_weights)
     for step in range(recipe.steps):
         samples = draw_batch(rng, recipe, long if rng.random() < recipe.long_share else short)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
-            loss, aux = batch_loss(run.model, run.ctc_head, run.ctc, run.prompts, samples, rng)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(recipe.bf16)):
+            loss, aux = batch_loss(
+                run.model, run.ctc_head, run.ctc, run.prompts, samples, rng, weights
+            )
             total = loss + recipe.ctc_weight * aux if aux is not None else loss
         _step(optimizer, schedule, total, parameters)
         ctc = aux.item() if aux is not None else 0.0
@@ -445,7 +466,8 @@ def draw_batch(rng: random.Random, recipe: Recipe, pool: list[Example]) -> list[
     """Samples of similar length from `pool` (sorted by length), each of one or more windows.
 
     Short clips come `batch` at a time; recordings up to `long_frames` mel frames in all,
-    and half of them in pairs, heard as two windows of one long clip.
+    heard as the windows of one long clip: with `long_windows` 2, half of them in pairs;
+    with more, in groups of `long_windows`, ..., 2, 1 recordings in turn.
     """
     if not pool[0].long:
         start = rng.randrange(0, len(pool) - recipe.batch)
@@ -458,8 +480,17 @@ def draw_batch(rng: random.Random, recipe: Recipe, pool: list[Example]) -> list[
             break
         chosen.append(e)
         frames += e.frames
-    half = len(chosen) // 4 * 2
-    return [chosen[i : i + 2] for i in range(0, half, 2)] + [[e] for e in chosen[half:]]
+    if recipe.long_windows == 2:
+        half = len(chosen) // 4 * 2
+        return [chosen[i : i + 2] for i in range(0, half, 2)] + [[e] for e in chosen[half:]]
+    samples: list[list[Example]] = []
+    i = 0
+    for size in itertools.cycle(range(recipe.long_windows, 0, -1)):
+        if i >= len(chosen):
+            return samples
+        samples.append(chosen[i : i + size])
+        i += size
+    raise AssertionError("unreachable")
 
 
 def batch_loss(
@@ -469,13 +500,17 @@ def batch_loss(
     prompts: Prompts,
     samples: list[list[Example]],
     rng: random.Random,
+    weights: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Answer loss (next token) and auxiliary CTC loss of one batch, questions drawn afresh."""
+    """Answer loss (next token) and auxiliary CTC loss of one batch, questions drawn afresh.
+
+    `weights` weighs the question types (`draw_task`); none: every task of a clip alike.
+    """
     windows = [e for sample in samples for e in sample]
     audio = _encode_augmented(model, windows, rng)
     chosen = []
     for sample in samples:
-        _, instruction, answer = rng.choice(sample[0].tasks)
+        _, instruction, answer = draw_task(rng, sample[0].tasks, weights)
         if len(sample) > 1:  # one recording, two windows: both transcripts in order
             answer = " ".join(
                 rng.choice([t for t in e.tasks if t[1] == instruction])[2] for e in sample
@@ -491,6 +526,25 @@ def batch_loss(
     logits = model.lm_head(hidden[:, :-1][answer_mask]).float()
     loss = nn.functional.cross_entropy(logits, labels[:, 1:][answer_mask])
     return loss, _ctc_loss(ctc, ctc_head, audio, windows, prompts)
+
+
+def draw_task(
+    rng: random.Random,
+    tasks: list[tuple[str, str | None, str]],
+    weights: dict[str, float] | None,
+) -> tuple[str, str | None, str]:
+    """One (type, instruction, answer) of a clip's `tasks`.
+
+    Without `weights` every task is equally likely, so a type with many instructions is
+    asked more often (a speech clip is transcribed in 6 of its 12-14 tasks, its pitch
+    asked in 2). With them the type is drawn first, by weight among the clip's types
+    (types not named weigh 1), then one of its instructions.
+    """
+    if not weights:
+        return rng.choice(tasks)
+    kinds = sorted({kind for kind, _, _ in tasks})
+    kind = rng.choices(kinds, [weights.get(k, 1.0) for k in kinds])[0]
+    return rng.choice([t for t in tasks if t[0] == kind])
 
 
 def _encode_augmented(

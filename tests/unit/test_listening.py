@@ -136,6 +136,82 @@ def test_spoken_clips_are_cached_under_what_decides_them() -> None:
     assert len(keys) == 4
 
 
+def test_question_types_are_drawn_by_weight_or_every_task_alike() -> None:
+    import collections
+    import random
+
+    clip = next(c.clip for c in cases.cases("train", 40, seed=2) if c.kind == "pitch")
+    tasks = cases.tasks(clip)
+    kinds = {kind for kind, _, _ in tasks}
+    assert {"transcribe", "pitch", "sound", "language"} <= kinds
+
+    def shares(weights: dict[str, float] | None) -> dict[str, float]:
+        rng = random.Random(0)
+        drawn = collections.Counter(train.draw_task(rng, tasks, weights)[0] for _ in range(6000))
+        return {k: n / 6000 for k, n in drawn.items()}
+
+    # Unweighted, the committed recipe's draw: a task uniformly (so its rng use is unchanged).
+    rng, same = random.Random(5), random.Random(5)
+    assert [train.draw_task(rng, tasks, None) for _ in range(50)] == [
+        same.choice(tasks) for _ in range(50)
+    ]
+    alike = shares(None)
+    per_task = collections.Counter(kind for kind, _, _ in tasks)
+    for kind in kinds:
+        assert abs(alike[kind] - per_task[kind] / len(tasks)) < 0.03
+    # Weighted: the type by weight among the clip's types, unnamed types weighing 1.
+    weights = {"pitch": 6.0, "sound": 0.0}
+    weighted = shares(weights)
+    total = sum(weights.get(k, 1.0) for k in kinds)
+    assert "sound" not in weighted
+    for kind in kinds - {"sound"}:
+        assert abs(weighted[kind] - weights.get(kind, 1.0) / total) < 0.03
+    # and an instruction of that type, each of them in turn.
+    pitch_asked = {train.draw_task(rng, tasks, weights)[1] for _ in range(300)}
+    assert pitch_asked >= set(cases.grammar()["instructions"]["pitch"])
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, True), (False, False), (None, False)])
+def test_bfloat16_autocast_follows_the_cpu_unless_asked(
+    monkeypatch: pytest.MonkeyPatch, native: bool | None, expected: bool
+) -> None:
+    monkeypatch.setattr(train, "cpu_has_bfloat16", lambda: native)
+    assert train.with_autocast_decided(train.Recipe()).bf16 is expected
+    for asked in (True, False):
+        assert train.with_autocast_decided(train.Recipe(bf16=asked)).bf16 is asked
+
+
+def test_long_batches_hear_recordings_as_the_windows_of_one_clip() -> None:
+    import random
+
+    pool = [
+        train.Example(torch.zeros(1, 1), frames=1000, tasks=[], transcript="a", long=True)
+        for _ in range(40)
+    ]
+    for windows, sizes in ((2, [2, 2, 2, 1, 1, 1, 1, 1, 1]), (3, [3, 2, 1, 3, 2, 1])):
+        recipe = train.Recipe(long_windows=windows, long_frames=12000 if windows == 2 else 12500)
+        samples = train.draw_batch(random.Random(0), recipe, pool)
+        assert [len(s) for s in samples] == sizes
+        heard = [e for s in samples for e in s]
+        assert len({id(e) for e in heard}) == len(heard)  # each recording once
+        assert sum(e.frames for e in heard) <= recipe.long_frames
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("pitch=x", "write TYPE=WEIGHT"), ("tone=2", "unknown question type"), ("chat=-1", ">= 0")],
+)
+def test_train_refuses_bad_question_type_weights(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from audiotext.server import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["model", "train", "--out", "/nonexistent/x", "--task-weights", value])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_ctc_spelling_collapses_repeats_and_drops_blanks() -> None:
     blank = 9
     assert train.ctc_collapse([9, 4, 4, 9, 4, 7, 7, 9, 9, 2], blank) == [4, 4, 7, 2]
