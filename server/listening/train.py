@@ -63,7 +63,8 @@ class Recipe:
     # Autocast matrix products to bfloat16; None: where the CPU computes in it natively
     # (AVX-512 BF16, AMX, Arm BF16). Elsewhere the autocast runs ~10x slower than float32.
     bf16: bool | None = None
-    # Share of stage-2 steps that train on recordings of several sentences (1-2 windows each).
+    # Share of stage-2 steps that train on recordings of several sentences, each sample of
+    # them heard as 1 to `long_windows` windows.
     long_share: float = 0.15
     long_frames: int = 12000  # mel frames per such batch
     long_windows: int = 2  # at most this many recordings heard as the windows of one clip
@@ -484,13 +485,13 @@ def draw_batch(rng: random.Random, recipe: Recipe, pool: list[Example]) -> list[
         half = len(chosen) // 4 * 2
         return [chosen[i : i + 2] for i in range(0, half, 2)] + [[e] for e in chosen[half:]]
     samples: list[list[Example]] = []
+    sizes = itertools.cycle(range(recipe.long_windows, 0, -1))
     i = 0
-    for size in itertools.cycle(range(recipe.long_windows, 0, -1)):
-        if i >= len(chosen):
-            return samples
+    while i < len(chosen):
+        size = next(sizes)
         samples.append(chosen[i : i + size])
         i += size
-    raise AssertionError("unreachable")
+    return samples
 
 
 def batch_loss(
@@ -536,9 +537,9 @@ def draw_task(
     """One (type, instruction, answer) of a clip's `tasks`.
 
     Without `weights` every task is equally likely, so a type with many instructions is
-    asked more often (a speech clip is transcribed in 6 of its 12-14 tasks, its pitch
-    asked in 2). With them the type is drawn first, by weight among the clip's types
-    (types not named weigh 1), then one of its instructions.
+    asked more often (an English statement is transcribed in 6 of its 12-16 tasks, its
+    pitch asked in 2 where it has one). With them the type is drawn first, by weight among
+    the clip's types (types not named weigh 1), then one of its instructions.
     """
     if not weights:
         return rng.choice(tasks)
