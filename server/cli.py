@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the recipe's)",
     )
     train.add_argument(
+        "--long-sentences",
+        type=_sentence_range,
+        metavar="MIN-MAX",
+        help="sentences per training recording, e.g. 5-7 (as many as a served 30 s window "
+        "holds; each is cut to what fits in 30 s; default: the recipe's 2-4)",
+    )
+    train.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
         help="autocast matrix products to bfloat16 (default: where the CPU computes in it "
@@ -264,6 +271,18 @@ def _task_weights(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
+def _sentence_range(text: str) -> tuple[int, int]:
+    """`5-7` as (5, 7), `5` as (5, 5): a recording has at least two sentences."""
+    low, _, high = text.partition("-")
+    try:
+        span = (int(low), int(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write MIN-MAX, e.g. 5-7") from None
+    if not 2 <= span[0] <= span[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: a recording has 2 <= MIN <= MAX sentences")
+    return span
+
+
 def _model(args: argparse.Namespace) -> int:
     if args.model_command == "build":
         out = args.out or checkpoint.builtin_path(args.size, args.seed)
@@ -281,6 +300,7 @@ def _model(args: argparse.Namespace) -> int:
             "lr": args.lr,
             "long_share": args.long_share,
             "long_windows": args.long_windows,
+            "long_sentences": args.long_sentences,
             "bf16": args.bf16,
             "task_weights": args.task_weights,
         }

@@ -163,12 +163,15 @@ def draw_recording(
     return dataclasses.replace(clip, more=tuple(texts[1:]), gaps=pauses, snr_db=None)
 
 
-def draw_clip(rng: random.Random, split: Split, kind: str) -> Clip:
-    """One clip fit for a question type (`long`: a recording of 2-4 sentences)."""
+def draw_clip(
+    rng: random.Random, split: Split, kind: str, long_sentences: tuple[int, int] = (2, 4)
+) -> Clip:
+    """One clip fit for a question type (`long`: a recording of `long_sentences` sentences,
+    at least and at most)."""
     g = grammar()
     english = voices(split, g["voices"]["english"], g["voices"]["variants"])
     if kind == "long":
-        return draw_recording(rng, split, rng.randint(2, 4), (0.3, 6.0))
+        return draw_recording(rng, split, rng.randint(*long_sentences), (0.3, 6.0))
     if kind in ("transcribe", "colour", "count"):
         while True:
             text, colour, number = english_sentence(rng, split)

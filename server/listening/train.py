@@ -68,6 +68,9 @@ class Recipe:
     long_share: float = 0.15
     long_frames: int = 12000  # mel frames per such batch
     long_windows: int = 2  # at most this many recordings heard as the windows of one clip
+    # Sentences per recording, at least and at most (a served 30 s window holds 5-7); each
+    # recording is cut to the sentences that fit in one 30 s window (`fit_window`).
+    long_sentences: tuple[int, int] = (2, 4)
     # Share of clips per question type (the rest of the types are drawn per step).
     mix: tuple[tuple[str, float], ...] = (
         ("transcribe", 0.52),
@@ -82,8 +85,13 @@ class Recipe:
     task_weights: tuple[tuple[str, float], ...] = ()
 
     def spoken_key(self) -> str:
-        """What decides the spoken clips (seed, count, mix): their cache file's key."""
-        mix = hashlib.sha256(repr(self.mix).encode()).hexdigest()[:12]
+        """What decides the spoken clips (seed, count, mix, sentences per recording): their
+        cache file's key (with the default sentence counts, the key the clips had before
+        those could be chosen, so spoken caches stay valid)."""
+        drawn: object = self.mix
+        if self.long_sentences != (2, 4):
+            drawn = (self.mix, self.long_sentences)
+        mix = hashlib.sha256(repr(drawn).encode()).hexdigest()[:12]
         return f"{self.seed}-{self.clips}-{mix}"
 
 
@@ -125,7 +133,7 @@ def speak_all(clips: Sequence[cases.Clip], extractor: Any, workers: int = 6) -> 
     """Render and featurise clips (espeak-ng waits on I/O, so threads overlap it)."""
 
     def one(clip: cases.Clip) -> Example:
-        audio = render(clip)
+        clip, audio = fit_window(clip, extractor.n_samples)
         features, mask = trimmed_features(extractor, audio)
         english = clip.sound == "speech" and clip.language == "English"
         return Example(
@@ -148,13 +156,25 @@ def speak_all(clips: Sequence[cases.Clip], extractor: Any, workers: int = 6) -> 
     return out
 
 
+def fit_window(clip: cases.Clip, max_samples: int) -> tuple[cases.Clip, Any]:
+    """`clip` and its samples, a recording cut to the first sentences that fit in
+    `max_samples` (one 30 s window): the features keep only that much, so the transcript
+    must not say more."""
+    audio = render(clip)
+    while clip.more and len(audio) > max_samples:
+        clip = dataclasses.replace(clip, more=clip.more[:-1], gaps=clip.gaps[:-1])
+        audio = render(clip)
+    return clip, audio
+
+
 def draw_clips(recipe: Recipe) -> list[cases.Clip]:
     """The training clips: question types in the recipe's mix, from training voices only."""
     rng = random.Random(f"train-clips-{recipe.seed}")
     kinds = [k for k, _ in recipe.mix]
     weights = [w for _, w in recipe.mix]
     return [
-        cases.draw_clip(rng, "train", rng.choices(kinds, weights)[0]) for _ in range(recipe.clips)
+        cases.draw_clip(rng, "train", rng.choices(kinds, weights)[0], recipe.long_sentences)
+        for _ in range(recipe.clips)
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -131,9 +132,53 @@ def test_spoken_clips_are_cached_under_what_decides_them() -> None:
         train.Recipe(seed=1),
         train.Recipe(clips=100),
         train.Recipe(mix=other_mix),
+        train.Recipe(long_sentences=(5, 7)),
     ]
     keys = {recipe.spoken_key(), *(r.spoken_key() for r in others)}
-    assert len(keys) == 4
+    assert len(keys) == 5
+    # The default sentence counts keep the key the committed recipe's clips were cached under.
+    mix = hashlib.sha256(repr(recipe.mix).encode()).hexdigest()[:12]
+    assert recipe.spoken_key() == f"0-12000-{mix}"
+
+
+def test_recordings_hold_the_sentences_asked_and_are_cut_to_one_window() -> None:
+    import random
+
+    recipe = train.Recipe(clips=400, long_sentences=(5, 7))
+    default = train.Recipe(clips=400)
+    # The default draw is the one before sentence counts could be chosen.
+    rng = random.Random("train-clips-0")
+    kinds, weights = zip(*default.mix, strict=True)
+    assert train.draw_clips(default) == [
+        cases.draw_clip(rng, "train", rng.choices(kinds, weights)[0]) for _ in range(400)
+    ]
+    recordings = [c for c in train.draw_clips(recipe) if c.more]
+    assert recordings
+    assert {1 + len(c.more) for c in recordings} == {5, 6, 7}
+    # A recording longer than a window loses its last sentences, not their words' audio.
+    long = max(recordings, key=lambda c: sum(c.gaps))
+    window = 16000 * 30
+    assert len(render(long)) > window
+    fitted, audio = train.fit_window(long, window)
+    assert len(audio) <= window and len(fitted.more) < len(long.more)
+    assert (fitted.text, *fitted.more) == (long.text, *long.more)[: 1 + len(fitted.more)]
+    assert fitted.gaps == long.gaps[: len(fitted.more)]
+    short = next(c for c in recordings if len(render(c)) <= window)
+    assert train.fit_window(short, window)[0] == short
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [("1-3", "2 <= MIN"), ("x-7", "write MIN-MAX"), ("6-5", "2 <= MIN")]
+)
+def test_train_refuses_bad_sentence_counts(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from audiotext.server import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["model", "train", "--out", "/nonexistent/x", "--long-sentences", value])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_question_types_are_drawn_by_weight_or_every_task_alike() -> None:
