@@ -167,20 +167,6 @@ def test_recordings_hold_the_sentences_asked_and_are_cut_to_one_window() -> None
     assert train.fit_window(short, window)[0] == short
 
 
-@pytest.mark.parametrize(
-    ("value", "message"), [("1-3", "2 <= MIN"), ("x-7", "write MIN-MAX"), ("6-5", "2 <= MIN")]
-)
-def test_train_refuses_bad_sentence_counts(
-    value: str, message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from audiotext.server import cli
-
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["model", "train", "--out", "/nonexistent/x", "--long-sentences", value])
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
-
-
 def test_question_types_are_drawn_by_weight_or_every_task_alike() -> None:
     import collections
     import random
@@ -243,16 +229,23 @@ def test_long_batches_hear_recordings_as_the_windows_of_one_clip() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "message"),
-    [("pitch=x", "write TYPE=WEIGHT"), ("tone=2", "unknown question type"), ("chat=-1", ">= 0")],
+    ("flag", "value", "message"),
+    [
+        ("--task-weights", "pitch=x", "write TYPE=WEIGHT"),
+        ("--task-weights", "tone=2", "unknown question type"),
+        ("--task-weights", "chat=-1", ">= 0"),
+        ("--long-sentences", "1-3", "2 <= MIN"),
+        ("--long-sentences", "x-7", "write MIN-MAX"),
+        ("--long-sentences", "6-5", "2 <= MIN"),
+    ],
 )
-def test_train_refuses_bad_question_type_weights(
-    value: str, message: str, capsys: pytest.CaptureFixture[str]
+def test_train_refuses_bad_question_type_weights_and_sentence_counts(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from audiotext.server import cli
 
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["model", "train", "--out", "/nonexistent/x", "--task-weights", value])
+        cli.main(["model", "train", "--out", "/nonexistent/x", flag, value])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
 
