@@ -22,6 +22,8 @@ Split = Literal["train", "held_out"]
 # Question types, as scored: `chat` is the voice-chat mode (the audio is the question).
 KINDS = ("transcribe", "colour", "count", "pitch", "language", "sound", "chat")
 NON_SPEECH = ("beep", "noise", "tones", "silence")
+# Sentences of a `long` clip, at least and at most, unless asked otherwise.
+LONG_SENTENCES = (2, 4)
 
 
 @cache
@@ -164,7 +166,7 @@ def draw_recording(
 
 
 def draw_clip(
-    rng: random.Random, split: Split, kind: str, long_sentences: tuple[int, int] = (2, 4)
+    rng: random.Random, split: Split, kind: str, long_sentences: tuple[int, int] = LONG_SENTENCES
 ) -> Clip:
     """One clip fit for a question type (`long`: a recording of `long_sentences` sentences,
     at least and at most)."""

@@ -70,7 +70,7 @@ class Recipe:
     long_windows: int = 2  # at most this many recordings heard as the windows of one clip
     # Sentences per recording, at least and at most (a served 30 s window holds 5-7); each
     # recording is cut to the sentences that fit in one 30 s window (`fit_window`).
-    long_sentences: tuple[int, int] = (2, 4)
+    long_sentences: tuple[int, int] = cases.LONG_SENTENCES
     # Share of clips per question type (the rest of the types are drawn per step).
     mix: tuple[tuple[str, float], ...] = (
         ("transcribe", 0.52),
@@ -89,7 +89,7 @@ class Recipe:
         cache file's key (with the default sentence counts, the key the clips had before
         those could be chosen, so spoken caches stay valid)."""
         drawn: object = self.mix
-        if self.long_sentences != (2, 4):
+        if self.long_sentences != cases.LONG_SENTENCES:
             drawn = (self.mix, self.long_sentences)
         mix = hashlib.sha256(repr(drawn).encode()).hexdigest()[:12]
         return f"{self.seed}-{self.clips}-{mix}"

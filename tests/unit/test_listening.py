@@ -16,7 +16,7 @@ from audiotext.server import checkpoint
 from audiotext.server.encoder import encode_valid_frames
 from audiotext.server.features import trimmed_features
 from audiotext.server.listening import cases, score, train
-from audiotext.server.listening.speech import render
+from audiotext.server.listening.speech import SAMPLE_RATE, render
 
 COMMITTED = checkpoint.TRAINED["listening"]
 
@@ -157,7 +157,7 @@ def test_recordings_hold_the_sentences_asked_and_are_cut_to_one_window() -> None
     assert {1 + len(c.more) for c in recordings} == {5, 6, 7}
     # A recording longer than a window loses its last sentences, not their words' audio.
     long = max(recordings, key=lambda c: sum(c.gaps))
-    window = 16000 * 30
+    window = SAMPLE_RATE * 30
     assert len(render(long)) > window
     fitted, audio = train.fit_window(long, window)
     assert len(audio) <= window and len(fitted.more) < len(long.more)
