@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         "natively; elsewhere float32 is several times faster)",
     )
     train.add_argument(
+        "--mix",
+        type=_clip_mix,
+        help="clips of each kind, as shares, e.g. pitch=0.14,chat=0.16 (kinds not named keep "
+        "the recipe's share; shares are relative; kinds: long and the question types)",
+    )
+    train.add_argument(
         "--task-weights",
         type=_task_weights,
         help="question-type weights for the joint stage, e.g. pitch=4,chat=3 (types not "
@@ -254,12 +260,24 @@ def _task_weights(text: str) -> tuple[tuple[str, float], ...]:
     """`pitch=4,chat=3` as ((type, weight), ...), every type one the grammar asks."""
     from audiotext.server.listening.cases import KINDS
 
+    return _weights(text, KINDS, "question type")
+
+
+def _clip_mix(text: str) -> tuple[tuple[str, float], ...]:
+    """`pitch=0.14,long=0.12` as ((kind, share), ...), every kind one a clip can be drawn as."""
+    from audiotext.server.listening.cases import KINDS
+
+    return _weights(text, ("long", *KINDS), "kind of clip")
+
+
+def _weights(text: str, known: tuple[str, ...], what: str) -> tuple[tuple[str, float], ...]:
+    """`NAME=W,...` as ((name, weight), ...), every name in `known`, every weight >= 0."""
     out = []
     for item in text.split(","):
         kind, _, weight = item.partition("=")
-        if kind not in KINDS:
+        if kind not in known:
             raise argparse.ArgumentTypeError(
-                f"unknown question type {kind!r}; choose among {', '.join(KINDS)}"
+                f"unknown {what} {kind!r}; choose among {', '.join(known)}"
             )
         try:
             value = float(weight)
@@ -304,6 +322,8 @@ def _model(args: argparse.Namespace) -> int:
             "bf16": args.bf16,
             "task_weights": args.task_weights,
         }
+        if args.mix is not None:
+            changes["mix"] = tuple({**dict(train.Recipe().mix), **dict(args.mix)}.items())
         recipe = dataclasses.replace(
             train.Recipe(), **{k: v for k, v in changes.items() if v is not None}
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -234,6 +236,9 @@ def test_long_batches_hear_recordings_as_the_windows_of_one_clip() -> None:
         ("--task-weights", "pitch=x", "write TYPE=WEIGHT"),
         ("--task-weights", "tone=2", "unknown question type"),
         ("--task-weights", "chat=-1", ">= 0"),
+        ("--mix", "long=x", "write TYPE=WEIGHT"),
+        ("--mix", "music=0.1", "unknown kind of clip"),
+        ("--mix", "pitch=-0.1", ">= 0"),
         ("--long-sentences", "1-3", "2 <= MIN"),
         ("--long-sentences", "x-7", "write MIN-MAX"),
         ("--long-sentences", "6-5", "2 <= MIN"),
@@ -248,6 +253,24 @@ def test_train_refuses_bad_question_type_weights_and_sentence_counts(
         cli.main(["model", "train", "--out", "/nonexistent/x", flag, value])
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_train_mix_changes_the_named_kinds_and_keeps_the_rest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from audiotext.server import cli
+
+    trained: list[train.Recipe] = []
+    monkeypatch.setattr(train, "train", lambda out, recipe, init: trained.append(recipe) or out)
+    cli.main(["model", "train", "--out", str(tmp_path / "x"), "--mix", "pitch=0.2,colour=0.05"])
+    mix = dict(trained[0].mix)
+    assert mix == {**dict(train.Recipe().mix), "pitch": 0.2, "colour": 0.05}
+    # and clips are drawn in it: colour clips now, more pitch clips than the recipe's.
+    drawn = collections.Counter(
+        "pitch" if c.pitch <= 15 or c.pitch >= 85 else "other"
+        for c in train.draw_clips(dataclasses.replace(trained[0], clips=2000))
+    )
+    assert drawn["pitch"] > 2000 * 0.15
 
 
 def test_ctc_spelling_collapses_repeats_and_drops_blanks() -> None:
