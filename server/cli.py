@@ -135,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--seed", type=int, default=0)
     score.add_argument("--concurrency", type=int, default=8)
 
+    probe = model_commands.add_parser(
+        "probe",
+        help="how well each depth of a listening checkpoint's audio side tells a high voice "
+        "from a low one (linear probe; 0.5 is chance)",
+    )
+    probe.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="listening checkpoint folder (default: the committed one)",
+    )
+    probe.add_argument("--count", type=int, default=160, help="held-out pitch clips")
+
     from audiotext.client import _cli_args as client_cli
 
     client_commands = {
@@ -344,6 +356,11 @@ def _model(args: argparse.Namespace) -> int:
             args.base_url, args.count, args.seed, args.model, api_key, args.concurrency
         )
         print(json.dumps(result, indent=2, ensure_ascii=False))
+    elif args.model_command == "probe":
+        from audiotext.server.listening.probe import pitch_probe
+
+        folder = args.checkpoint or checkpoint.TRAINED["listening"]
+        print(json.dumps(pitch_probe(folder, args.count), indent=2))
     return 0
 
 

@@ -273,6 +273,25 @@ def test_train_mix_changes_the_named_kinds_and_keeps_the_rest(
     assert drawn["pitch"] > 2000 * 0.15
 
 
+def test_the_pitch_probe_reads_every_depth_and_the_features_carry_pitch() -> None:
+    from audiotext.server.listening.probe import pitch_probe
+
+    layers = json.loads((COMMITTED / "config.json").read_text())["audio_config"]["encoder_layers"]
+    result = pitch_probe(COMMITTED, count=60)
+    expected = ["mel", "conv", *(f"layer {i}" for i in range(1, layers + 1)), "projected"]
+    assert list(result) == expected
+    assert all(0.0 <= accuracy <= 1.0 for accuracy in result.values())
+    # espeak-ng's pitch 0-15 and 85-99 are about an octave apart: the mel features tell them.
+    assert result["mel"] >= 0.9, result
+
+
+def test_the_probe_refuses_too_few_clips(capsys: pytest.CaptureFixture[str]) -> None:
+    from audiotext.server import cli
+
+    assert cli.main(["model", "probe", "--count", "5"]) == 2
+    assert "at least 20 clips" in capsys.readouterr().err
+
+
 def test_ctc_spelling_collapses_repeats_and_drops_blanks() -> None:
     blank = 9
     assert train.ctc_collapse([9, 4, 4, 9, 4, 7, 7, 9, 9, 2], blank) == [4, 4, 7, 2]
