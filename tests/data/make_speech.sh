@@ -17,9 +17,10 @@ sox "$tmp/demo.wav" -r 16000 -c 1 -b 16 speech_demo.flac
 ffmpeg -loglevel error -y -i "$tmp/long.wav" -ar 16000 -ac 1 -c:a libopus -b:a 24k speech_long.ogg
 # The demo's clip: a held-out transcription case of the listening grammar (a voice and a
 # sentence the listening checkpoint never heard in training): the first from seed 2024 on
-# that the committed weights transcribe word for word in float32 and bfloat16 (2024 comes
-# back "The orange cake is beside the counter.", 2025 to 2027 miss an object or a colour
-# too; README "The listening checkpoint").
+# that the weights of 2026-12-03 transcribed word for word in float32 and bfloat16 (2024
+# came back "The orange cake is beside the counter.", 2025 to 2027 missed an object or a
+# colour too; the weights of 2026-12-07 also get 2024 and 2025 right in float32; README "The
+# listening checkpoint").
 "${PYTHON:-../../.venv/bin/python}" - <<'PY'
 import soundfile
 from audiotext.server.listening import cases, speech

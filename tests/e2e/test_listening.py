@@ -75,9 +75,9 @@ def test_held_out_cases_are_neither_in_training_voices_nor_sentences() -> None:
 
 # The targets (WER <= 10 %, >= 90 % per question type, long audio >= 90 %) are not
 # reached by the committed checkpoint (README "The listening checkpoint"; it measures WER
-# 0.227); these bounds sit just above what it measures, so a serving path that mishears
+# 0.148); these bounds sit just above what it measures, so a serving path that mishears
 # (random weights, wrong resampling, lost audio) still fails them.
-WER_BOUND = 0.27
+WER_BOUND = 0.19
 
 
 def test_transcription_wer_on_held_out_voices_and_sentences(
@@ -165,15 +165,16 @@ def test_greedy_parity_with_transformers_generate(
 
 # Per question type: the bound sits just under what the committed checkpoint measures
 # (README "The listening checkpoint"), so a serving path that mishears fails it.
-# Pitch sits at chance (high or low: the weights measure 0.30-0.43), so its bound only
-# catches answers that are not a pitch at all.
+# Pitch sits near chance (high or low: the weights measure 0.50-0.55; the audio side loses
+# the voice's pitch, `audiotext model probe`), so its bound only catches answers that are
+# not a pitch at all.
 ACCURACY_BOUND = {
-    "colour": 0.2,
-    "count": 0.8,
+    "colour": 0.4,
+    "count": 0.9,
     "pitch": 0.25,
-    "language": 0.85,
-    "sound": 0.85,
-    "chat": 0.35,
+    "language": 0.9,
+    "sound": 0.9,
+    "chat": 0.5,
 }
 
 
@@ -186,7 +187,7 @@ def test_accuracy_per_question_type_on_held_out_voices(listener: AudioTextClient
 
 
 # Words of a 70-90 s recording that come back in order, on every route that hears it.
-LONG_BOUND = 0.2
+LONG_BOUND = 0.25
 
 
 def test_a_long_recording_comes_back_in_order_on_chat_task_and_transcription_routes(
