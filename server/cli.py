@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mix",
         type=_clip_mix,
         help="clips of each kind, as shares, e.g. pitch=0.14,chat=0.16 (kinds not named keep "
-        "the recipe's share; shares are relative; kinds: long and the question types)",
+        "the recipe's share; shares are relative; kinds: long, the question types and "
+        "follow_up, the spoken second turn of a voice chat)",
     )
     train.add_argument(
         "--task-weights",
@@ -122,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sentences.add_argument("--count", type=int, default=20)
     sentences.add_argument("--seed", type=int, default=0)
+    sentences.add_argument(
+        "--follow-ups",
+        action="store_true",
+        help="two-turn voice chats instead: `turns` holds the spoken question (its answer is "
+        "the model's first reply) and the spoken follow-up, answered from that reply",
+    )
 
     score = model_commands.add_parser(
         "score",
@@ -270,16 +277,16 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _task_weights(text: str) -> tuple[tuple[str, float], ...]:
     """`pitch=4,chat=3` as ((type, weight), ...), every type one the grammar asks."""
-    from audiotext.server.listening.cases import KINDS
+    from audiotext.server.listening.cases import FOLLOW_UP, KINDS
 
-    return _weights(text, KINDS, "question type")
+    return _weights(text, (*KINDS, FOLLOW_UP), "question type")
 
 
 def _clip_mix(text: str) -> tuple[tuple[str, float], ...]:
     """`pitch=0.14,long=0.12` as ((kind, share), ...), every kind one a clip can be drawn as."""
-    from audiotext.server.listening.cases import KINDS
+    from audiotext.server.listening.cases import FOLLOW_UP, KINDS
 
-    return _weights(text, ("long", *KINDS), "kind of clip")
+    return _weights(text, ("long", *KINDS, FOLLOW_UP), "kind of clip")
 
 
 def _weights(text: str, known: tuple[str, ...], what: str) -> tuple[tuple[str, float], ...]:
@@ -344,7 +351,8 @@ def _model(args: argparse.Namespace) -> int:
         from audiotext.server.listening import cases
 
         split: cases.Split = "held_out" if args.held_out else "train"
-        for case in cases.cases(split, args.count, args.seed):
+        drawn = cases.dialogues if args.follow_ups else cases.cases
+        for case in drawn(split, args.count, args.seed):
             print(json.dumps(case.as_json(), ensure_ascii=False))
     elif args.model_command == "score":
         import os

@@ -22,6 +22,9 @@ Split = Literal["train", "held_out"]
 # Question types, as scored: `chat` is the voice-chat mode (the audio is the question).
 KINDS = ("transcribe", "colour", "count", "pitch", "language", "sound", "chat")
 NON_SPEECH = ("beep", "noise", "tones", "silence")
+# A spoken follow-up ("and plus four"): the second turn of a voice chat, answered from the
+# first turn's answer. Drawn only when asked for (`dialogues`, training's `--mix`).
+FOLLOW_UP = "follow_up"
 # Sentences of a `long` clip, at least and at most, unless asked otherwise.
 LONG_SENTENCES = (2, 4)
 
@@ -49,6 +52,7 @@ class Clip:
     colour: str | None = None
     number: str | None = None
     answer: str | None = None  # the spoken question's answer (voice chat)
+    follows: tuple[str, int] | None = None  # a follow-up's operation and operand
     seed: int = 0
     # A recording of several sentences: `text` is the first; these follow after `gaps` s.
     more: tuple[str, ...] = ()
@@ -197,6 +201,11 @@ def draw_clip(
         text = g["questions"][op].format(a=digits[a], b=digits[b])
         answer = g["vocabulary"]["answer_number"][value]
         return _speech(rng, text, rng.choice(english), answer=answer)
+    if kind == FOLLOW_UP:
+        operation = rng.choice(("plus", "minus"))
+        operand = rng.randint(1, len(g["vocabulary"]["digit"]) - 1)
+        text = g["follow_ups"][operation].format(b=g["vocabulary"]["digit"][operand])
+        return _speech(rng, text, rng.choice(english), follows=(operation, operand))
     if kind == "language":
         language = rng.choice(["English", *g["languages"]])
         if language == "English":
@@ -208,7 +217,52 @@ def draw_clip(
     if kind == "sound":
         sound = rng.choice(NON_SPEECH)
         return Clip(text=None, voice=None, sound=sound, seed=rng.getrandbits(31))
-    raise ValueError(f"unknown question type {kind!r}; choose one of {', '.join(KINDS)}")
+    raise ValueError(
+        f"unknown question type {kind!r}; choose one of {', '.join((*KINDS, FOLLOW_UP))}"
+    )
+
+
+def followed(answer: str, follows: tuple[str, int]) -> str | None:
+    """The answer to a follow-up after `answer` (a number word), None where there is none
+    (not a number of the grammar, or a result outside 0-20)."""
+    numbers = grammar()["vocabulary"]["answer_number"]
+    words = normalize(answer)
+    if len(words) != 1 or words[0] not in numbers:
+        return None
+    operation, operand = follows
+    value = numbers.index(words[0]) + (operand if operation == "plus" else -operand)
+    return numbers[value] if 0 <= value < len(numbers) else None
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    """A voice chat of two turns: `opener` (a spoken question) with its right answer as the
+    model's first reply, then the spoken `follow_up`, whose answer is `answer`."""
+
+    opener: Case
+    follow_up: Clip
+    answer: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The public form: the opener's case, then the follow-up's."""
+        then = Case(FOLLOW_UP, self.follow_up, None, self.answer).as_json()
+        return {"kind": FOLLOW_UP, "turns": [self.opener.as_json(), then]}
+
+
+def dialogues(split: Split, count: int, seed: int) -> list[Dialogue]:
+    """`count` two-turn voice chats of a split, one voice each, each follow-up's answer in
+    0-20."""
+    rng = random.Random(f"{split}-dialogue-{seed}")
+    out: list[Dialogue] = []
+    while len(out) < count:
+        opener = draw_clip(rng, split, "chat")
+        # One speaker asks both (training pairs follow-ups with any speaker's question).
+        follow_up = dataclasses.replace(draw_clip(rng, split, FOLLOW_UP), voice=opener.voice)
+        assert opener.answer is not None and follow_up.follows is not None
+        answer = followed(opener.answer, follow_up.follows)
+        if answer is not None:
+            out.append(Dialogue(Case("chat", opener, None, opener.answer), follow_up, answer))
+    return out
 
 
 def tasks(clip: Clip) -> list[tuple[str, str | None, str]]:
@@ -223,6 +277,8 @@ def tasks(clip: Clip) -> list[tuple[str, str | None, str]]:
     out = [("transcribe", i, said) for i in ask["transcribe"]]
     if clip.more:
         return [*out, ("transcribe", None, said)]
+    if clip.follows is not None:  # heard alone it asks nothing: only its transcript
+        return out
     if clip.answer is not None:
         return [*out, ("chat", None, clip.answer)]
     out.append(("transcribe", None, said))

@@ -7,9 +7,10 @@ come from `cases.cases` and are spoken here with espeak-ng.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from audiotext.client import AudioTextClient
+from audiotext.client import AudioTextClient, AudioTextError
 from audiotext.server.listening import cases
 from audiotext.server.listening.speech import SAMPLE_RATE, render
 
@@ -33,6 +34,39 @@ def ask(
         do_sample=False,
     )
     return [r["generated_text"] if isinstance(r, dict) else f"<error: {r}>" for r in results]
+
+
+def ask_follow_ups(
+    client: AudioTextClient,
+    dialogues: Sequence[cases.Dialogue],
+    concurrency: int = 8,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    replies: Sequence[str] | None = None,
+) -> list[str]:
+    """The server's greedy answers to each dialogue's follow-up, asked as the second turn of
+    a chat after the spoken opener and a first reply: the opener's right answer, or the
+    dialogue's entry of `replies` (an error's text in its slot)."""
+
+    def heard(clip: cases.Clip) -> dict[str, Any]:
+        return {
+            "role": "user",
+            "content": [{"type": "audio", "audio": (render(clip), SAMPLE_RATE)}],
+        }
+
+    def one(dialogue: cases.Dialogue, reply: str) -> str:
+        messages = [
+            heard(dialogue.opener.clip),
+            {"role": "assistant", "content": reply},
+            heard(dialogue.follow_up),
+        ]
+        try:
+            answer = client.chat(messages, max_new_tokens=max_new_tokens, do_sample=False)
+        except AudioTextError as e:
+            return f"<error: {e}>"
+        return answer.generated_text
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return list(pool.map(one, dialogues, replies or [d.opener.answer for d in dialogues]))
 
 
 def score(held: Sequence[cases.Case], answers: Sequence[str]) -> dict[str, float]:
@@ -80,13 +114,28 @@ def score_server(
     api_key: str | None = None,
     concurrency: int = 8,
 ) -> dict[str, Any]:
-    """Speak `count` fresh held-out cases, ask the server, score its answers."""
+    """Speak `count` fresh held-out cases, ask the server, score its answers; and as many
+    two-turn voice chats as there are cases of one type (`follow_up`: the second turn's
+    accuracy)."""
     held = cases.cases("held_out", count, seed)
+    dialogues = cases.dialogues("held_out", max(1, count // len(cases.KINDS)), seed)
     with AudioTextClient(base_url=base_url, model=model, api_key=api_key) as client:
         answers = ask(client, held, concurrency)
+        follow_ups = ask_follow_ups(client, dialogues, concurrency)
     misses = [
         {**c.as_json(), "got": a}
         for c, a in zip(held, answers, strict=True)
         if cases.normalize(a) != cases.normalize(c.answer)
     ]
-    return {"cases": len(held), "seed": seed, "scores": score(held, answers), "misses": misses}
+    right = [
+        cases.normalize(a) == cases.normalize(d.answer)
+        for d, a in zip(dialogues, follow_ups, strict=True)
+    ]
+    misses += [
+        {**d.as_json(), "got": a}
+        for d, a, ok in zip(dialogues, follow_ups, right, strict=True)
+        if not ok
+    ]
+    scores = {**score(held, answers), cases.FOLLOW_UP: round(sum(right) / len(right), 3)}
+    return {"cases": len(held), "dialogues": len(dialogues), "seed": seed, "scores": scores,
+            "misses": misses}  # fmt: skip

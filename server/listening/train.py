@@ -111,6 +111,16 @@ class Example:
     tasks: list[tuple[str, str | None, str]]
     transcript: str | None  # for the CTC loss: English speech only
     long: bool = False  # a recording of several sentences
+    follows: tuple[str, int] | None = None  # a spoken follow-up (`cases.followed`)
+
+
+@dataclass(frozen=True)
+class HeldDialogue:
+    """A held-out two-turn voice chat and its spoken turns."""
+
+    dialogue: cases.Dialogue
+    opener: Example
+    follow_up: Example
 
 
 def tokenizer_lines() -> list[str]:
@@ -142,6 +152,7 @@ def speak_all(clips: Sequence[cases.Clip], extractor: Any, workers: int = 6) -> 
             tasks=cases.tasks(clip),
             transcript=" ".join(cases.normalize(" ".join(clip.sentences))) if english else None,
             long=bool(clip.more),
+            follows=clip.follows,
         )
 
     out: list[Example] = []
@@ -198,6 +209,9 @@ class CTCHead(nn.Module):
         return torch.cat([self.lm_head[0](x), self.blank(x)], dim=-1)
 
 
+AUDIO_PART = {"type": "audio", "audio_url": "clip"}  # a user turn's audio, in chat messages
+
+
 class Prompts:
     """Token ids of the served prompt (the real chat template) around the audio."""
 
@@ -206,32 +220,41 @@ class Prompts:
         self.template = template
         self.audio_id = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
         self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self._cache: dict[str | None, tuple[list[int], list[int]]] = {}
+        self._cache: dict[tuple[tuple[str, ...], str | None], list[list[int]]] = {}
 
-    def around_audio(self, instruction: str | None) -> tuple[list[int], list[int]]:
-        """Ids before and after the audio placeholder, generation prompt included."""
-        if instruction not in self._cache:
-            content: list[dict[str, str]] = [{"type": "audio", "audio_url": "clip"}]
+    def around_audio(self, instruction: str | None, replies: Sequence[str] = ()) -> list[list[int]]:
+        """Ids between the audio placeholders, generation prompt included: one spoken user
+        turn per earlier reply (each followed by that reply), then the asked turn."""
+        key = (tuple(replies), instruction)
+        if key not in self._cache:
+            messages: list[dict[str, Any]] = []
+            for reply in replies:
+                messages.append({"role": "user", "content": [AUDIO_PART]})
+                messages.append({"role": "assistant", "content": reply})
+            content: list[dict[str, str]] = [AUDIO_PART]
             if instruction is not None:
                 content.append({"type": "text", "text": instruction})
+            messages.append({"role": "user", "content": content})
             text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}],
-                chat_template=self.template,
-                tokenize=False,
-                add_generation_prompt=True,
+                messages, chat_template=self.template, tokenize=False, add_generation_prompt=True
             )
-            before, after = text.split("<|AUDIO|>")
-            self._cache[instruction] = (self.encode(before), self.encode(after))
-        return self._cache[instruction]
+            self._cache[key] = [self.encode(part) for part in text.split("<|AUDIO|>")]
+        return self._cache[key]
 
-    def prompt(self, instruction: str | None, windows: list[int]) -> list[int]:
-        """The whole prompt for audio of `windows` (audio tokens per window)."""
-        before, after = self.around_audio(instruction)
+    def prompt(
+        self, instruction: str | None, windows: list[int], history: Sequence[tuple[int, str]] = ()
+    ) -> list[int]:
+        """The whole prompt for audio of `windows` (audio tokens per window), after the
+        spoken turns of `history` ((audio tokens, the reply to it), in order)."""
+        parts = self.around_audio(instruction, [reply for _, reply in history])
         between = self.encode("<|audio_eos|><|audio_bos|>")
         audio: list[int] = []
         for i, count in enumerate(windows):
             audio += [*(between if i else []), *[self.audio_id] * count]
-        return [*before, *audio, *after]
+        ids = parts[0]
+        for (count, _), part in zip(history, parts[1:-1], strict=True):
+            ids = [*ids, *[self.audio_id] * count, *part]
+        return [*ids, *audio, *parts[-1]]
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -287,17 +310,22 @@ def spec_augment(features: torch.Tensor, frames: int, rng: random.Random) -> tor
 
 
 def sequences(
-    prompts: Prompts, chosen: list[tuple[str | None, str]], windows: list[list[int]]
+    prompts: Prompts,
+    chosen: list[tuple[str | None, str]],
+    windows: list[list[int]],
+    histories: Sequence[Sequence[tuple[int, str]]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Padded input ids, attention mask and labels (answer tokens and the end token only).
 
     `windows` holds each sample's audio-token counts per 30 s window; windows follow each
     other as audiotext's processor lays them out (`<|audio_eos|><|audio_bos|>` between).
+    `histories` holds each sample's earlier spoken turns (`Prompts.prompt`).
     """
     rows, labels = [], []
-    for (instruction, answer), counts in zip(chosen, windows, strict=True):
+    histories = histories or [()] * len(chosen)
+    for (instruction, answer), counts, history in zip(chosen, windows, histories, strict=True):
         target = [*prompts.encode(answer), prompts.end_id]
-        prompt = prompts.prompt(instruction, counts)
+        prompt = prompts.prompt(instruction, counts, history)
         rows.append(prompt + target)
         labels.append([-100] * len(prompt) + target)
     ids, attention = padded(rows, prompts.tokenizer.pad_token_id)
@@ -357,6 +385,11 @@ def train(out: Path, recipe: Recipe = Recipe(), init: Path | None = None) -> Pat
         torch.save(examples, spoken)
     held = [c for c in cases.cases("held_out", 70, seed=recipe.seed + 1)]
     held_examples = speak_all([c.clip for c in held], processor.feature_extractor)
+    dialogues = cases.dialogues("held_out", 10, seed=recipe.seed + 1)
+    turns = speak_all(
+        [c for d in dialogues for c in (d.opener.clip, d.follow_up)], processor.feature_extractor
+    )
+    held_dialogues = [HeldDialogue(d, *turns[2 * i : 2 * i + 2]) for i, d in enumerate(dialogues)]
     logger.info("%d clips spoken in %.0f s", len(examples), time.monotonic() - started)
 
     if init is None:
@@ -382,7 +415,7 @@ def train(out: Path, recipe: Recipe = Recipe(), init: Path | None = None) -> Pat
         checkpoint.save_configs(config, staging, dtype="bfloat16")
         checkpoint.save_trained_weights(model, staging, dtype=torch.bfloat16)
 
-    joint_stage(run, examples, held, held_examples, save)
+    joint_stage(run, examples, held, held_examples, save, held_dialogues)
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
@@ -449,6 +482,7 @@ def joint_stage(
     held: list[cases.Case],
     held_examples: list[Example],
     save: Callable[[], None],
+    held_dialogues: Sequence[HeldDialogue] = (),
 ) -> None:
     """Stage 2: the whole model learns the answers (next-token loss, CTC beside it)."""
     recipe, rng = run.recipe, run.rng
@@ -459,18 +493,19 @@ def joint_stage(
     short = sorted((e for e in examples if not e.long), key=lambda e: e.frames)
     long = sorted((e for e in examples if e.long), key=lambda e: e.frames)
     weights = dict(recipe.task_weights)
+    openers = [e for e in short if any(kind == "chat" for kind, _, _ in e.tasks)]
     for step in range(recipe.steps):
         samples = draw_batch(rng, recipe, long if rng.random() < recipe.long_share else short)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(recipe.bf16)):
             loss, aux = batch_loss(
-                run.model, run.ctc_head, run.ctc, run.prompts, samples, rng, weights
+                run.model, run.ctc_head, run.ctc, run.prompts, samples, rng, weights, openers
             )
             total = loss + recipe.ctc_weight * aux if aux is not None else loss
         _step(optimizer, schedule, total, parameters)
         ctc = aux.item() if aux is not None else 0.0
         _progress(run, "step", step, recipe.steps, schedule, loss=loss.item(), ctc=ctc)
         if (step + 1) % recipe.eval_every == 0 or step == recipe.steps - 1:
-            scores = evaluate(run.model, run.prompts, held, held_examples)
+            scores = evaluate(run.model, run.prompts, held, held_examples, held_dialogues)
             logger.info("held-out after %d steps: %s", step + 1, scores)
             save()
 
@@ -522,31 +557,59 @@ def batch_loss(
     samples: list[list[Example]],
     rng: random.Random,
     weights: dict[str, float] | None = None,
+    openers: Sequence[Example] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Answer loss (next token) and auxiliary CTC loss of one batch, questions drawn afresh.
 
     `weights` weighs the question types (`draw_task`); none: every task of a clip alike.
+    A spoken follow-up asked as one (type `follow_up`) is the second turn of a voice chat
+    whose first is one of `openers` (spoken questions), answered right.
     """
-    windows = [e for sample in samples for e in sample]
-    audio = _encode_augmented(model, windows, rng)
-    chosen = []
+    chosen, histories, heard = [], [], []
     for sample in samples:
-        _, instruction, answer = draw_task(rng, sample[0].tasks, weights)
+        options = sample[0].tasks
+        if sample[0].follows is not None and openers:
+            options = [*options, (cases.FOLLOW_UP, None, "")]
+        kind, instruction, answer = draw_task(rng, options, weights)
+        history: list[tuple[Example, str]] = []
+        if kind == cases.FOLLOW_UP:
+            assert sample[0].follows is not None
+            opener, reply, answer = draw_opener(rng, openers, sample[0].follows)
+            history.append((opener, reply))
         if len(sample) > 1:  # one recording, two windows: both transcripts in order
             answer = " ".join(
                 rng.choice([t for t in e.tasks if t[1] == instruction])[2] for e in sample
             )
         chosen.append((instruction, answer))
-    counts, i = [], 0
-    for sample in samples:
+        histories.append(history)
+        heard += [*(e for e, _ in history), *sample]  # in prompt order
+    audio = _encode_augmented(model, heard, rng)
+    counts, spoken, i = [], [], 0
+    for sample, history in zip(samples, histories, strict=True):
+        earlier = audio[i : i + len(history)]
+        spoken.append([(len(a), reply) for a, (_, reply) in zip(earlier, history, strict=True)])
+        i += len(history)
         counts.append([len(a) for a in audio[i : i + len(sample)]])
         i += len(sample)
-    ids, attention, labels = sequences(prompts, chosen, counts)
+    ids, attention, labels = sequences(prompts, chosen, counts, spoken)
     hidden = lm_hidden(model, ids, attention, audio)
     answer_mask = labels[:, 1:] != -100
     logits = model.lm_head(hidden[:, :-1][answer_mask]).float()
     loss = nn.functional.cross_entropy(logits, labels[:, 1:][answer_mask])
-    return loss, _ctc_loss(ctc, ctc_head, audio, windows, prompts)
+    return loss, _ctc_loss(ctc, ctc_head, audio, heard, prompts)
+
+
+def draw_opener(
+    rng: random.Random, openers: Sequence[Example], follows: tuple[str, int]
+) -> tuple[Example, str, str]:
+    """A spoken question for a follow-up to come after: the question, its answer, and the
+    follow-up's answer (drawn until the follow-up's answer is a number of the grammar)."""
+    while True:
+        opener = rng.choice(openers)
+        reply = next(answer for kind, _, answer in opener.tasks if kind == "chat")
+        answer = cases.followed(reply, follows)
+        if answer is not None:
+            return opener, reply, answer
 
 
 def draw_task(
@@ -635,16 +698,30 @@ def ctc_wer(model: Any, head: CTCHead, prompts: Prompts, examples: list[Example]
 
 @torch.no_grad()
 def greedy(
-    model: Any, prompts: Prompts, asked: list[tuple[str | None, Example]], limit: int = 24
+    model: Any,
+    prompts: Prompts,
+    asked: list[tuple[str | None, Example]],
+    limit: int = 24,
+    histories: Sequence[Sequence[tuple[Example, str]]] | None = None,
 ) -> list[str]:
-    """Greedy answers (no cache: the model is small) for (instruction, clip) pairs."""
-    audio = _encode_clean(model, [e for _, e in asked])
+    """Greedy answers (no cache: the model is small) for (instruction, clip) pairs, each
+    after its entry of `histories` (earlier spoken turns and their replies), if given."""
+    histories = histories or [()] * len(asked)
+    heard = [e for (_, e), history in zip(asked, histories, strict=True) for e in
+             [*(h for h, _ in history), e]]  # fmt: skip
+    audio = _encode_clean(model, heard)
+    turns, i = [], 0
+    for history in histories:
+        spoken = audio[i : i + len(history)]
+        earlier = [(len(a), reply) for a, (_, reply) in zip(spoken, history, strict=True)]
+        turns.append((earlier, len(audio[i + len(history)])))
+        i += len(history) + 1
     done: list[list[int]] = [[] for _ in asked]
     finished = [False] * len(asked)
     for _ in range(limit):
         rows = []
-        for (instruction, _), clip, tokens in zip(asked, audio, done, strict=True):
-            rows.append([*prompts.prompt(instruction, [len(clip)]), *tokens])
+        for (instruction, _), (earlier, count), tokens in zip(asked, turns, done, strict=True):
+            rows.append([*prompts.prompt(instruction, [count], earlier), *tokens])
         ids, attention = padded(rows, prompts.tokenizer.pad_token_id)
         hidden = lm_hidden(model, ids, attention, audio)
         last = hidden[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
@@ -661,16 +738,34 @@ def greedy(
 
 
 def evaluate(
-    model: Any, prompts: Prompts, held: list[cases.Case], examples: list[Example]
+    model: Any,
+    prompts: Prompts,
+    held: list[cases.Case],
+    examples: list[Example],
+    dialogues: Sequence[HeldDialogue] = (),
 ) -> dict[str, float]:
-    """Word error rate (transcription) and accuracy per question type on held-out cases."""
+    """Word error rate (transcription) and accuracy per question type on held-out cases;
+    with `dialogues`, the accuracy of their follow-ups (`follow_up`)."""
     model.eval()
     asked = [(c.instruction, e) for c, e in zip(held, examples, strict=True)]
     answers = [
         a for i in range(0, len(asked), 16) for a in greedy(model, prompts, asked[i : i + 16])
     ]
+    scores = score(held, answers)
+    if dialogues:
+        follow_ups = greedy(
+            model,
+            prompts,
+            [(None, d.follow_up) for d in dialogues],
+            histories=[[(d.opener, d.dialogue.opener.answer)] for d in dialogues],
+        )
+        right = [
+            cases.normalize(a) == [d.dialogue.answer]
+            for d, a in zip(dialogues, follow_ups, strict=True)
+        ]
+        scores[cases.FOLLOW_UP] = round(sum(right) / len(right), 3)
     model.train()
-    return score(held, answers)
+    return scores
 
 
 def _optimizer(parameters: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -325,3 +326,132 @@ def test_grammar_words_are_single_tokens(word: str) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(COMMITTED)
     assert len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_follow_ups_are_answered_from_the_first_reply() -> None:
+    assert cases.followed("seven", ("plus", 2)) == "nine"
+    assert cases.followed("Seven.", ("minus", 7)) == "zero"  # as the model writes it
+    assert cases.followed("nineteen", ("plus", 5)) is None  # past twenty
+    assert cases.followed("three", ("minus", 4)) is None
+    assert cases.followed("seven apples", ("plus", 1)) is None
+    drawn = cases.dialogues("held_out", 30, seed=1)
+    assert drawn == cases.dialogues("held_out", 30, seed=1)
+    held_voices = set(cases.grammar()["voices"]["held_out"])
+    for dialogue in drawn:
+        assert dialogue.follow_up.follows is not None and dialogue.follow_up.text is not None
+        operation, operand = dialogue.follow_up.follows
+        assert dialogue.follow_up.text.split()[:2] == ["and", operation]
+        assert dialogue.answer == cases.followed(dialogue.opener.answer, (operation, operand))
+        assert dialogue.follow_up.voice == dialogue.opener.clip.voice in held_voices
+    # Heard alone a follow-up asks nothing: it is only ever transcribed when asked to.
+    kinds = {(kind, i is None) for kind, i, _ in cases.tasks(drawn[0].follow_up)}
+    assert kinds == {("transcribe", False)}
+
+
+def test_sentences_command_prints_follow_ups_in_the_public_form(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from audiotext.server import cli
+
+    cli.main(["model", "sentences", "--held-out", "--follow-ups", "--count", "3", "--seed", "4"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == [d.as_json() for d in cases.dialogues("held_out", 3, seed=4)]
+    opener, then = lines[0]["turns"]
+    assert opener["kind"] == "chat" and then["kind"] == cases.FOLLOW_UP
+    assert then["instruction"] is None and then["text"].startswith("and ")
+
+
+def test_a_spoken_conversation_trains_on_the_prompt_the_server_builds() -> None:
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(COMMITTED)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
+    prompts = train.Prompts(processor.tokenizer, checkpoint.CHAT_TEMPLATE.read_text())
+    dialogue = cases.dialogues("held_out", 1, seed=2)[0]
+    audio = [render(dialogue.opener.clip), render(dialogue.follow_up)]
+    messages = [
+        {"role": "user", "content": [train.AUDIO_PART]},
+        {"role": "assistant", "content": dialogue.opener.answer},
+        {"role": "user", "content": [train.AUDIO_PART]},
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    served = processor(text=text, audio=audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    pairs = [trimmed_features(processor.feature_extractor, a) for a in audio]
+    with torch.no_grad():
+        first, second = train.encode_batch(
+            model, [f for f, _ in pairs], [int(m.sum()) for _, m in pairs]
+        )
+    history = [(len(first), dialogue.opener.answer)]
+    assert prompts.prompt(None, [len(second)], history) == served["input_ids"][0].tolist()
+
+
+def test_a_follow_up_asked_as_one_is_the_second_turn_of_a_voice_chat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import random
+
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(COMMITTED)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
+    prompts = train.Prompts(processor.tokenizer, checkpoint.CHAT_TEMPLATE.read_text())
+    dialogues = cases.dialogues("train", 3, seed=0)
+    follow_ups = train.speak_all([d.follow_up for d in dialogues], processor.feature_extractor)
+    openers = train.speak_all([d.opener.clip for d in dialogues], processor.feature_extractor)
+    built: list[tuple[Any, ...]] = []
+    sequences = train.sequences
+    monkeypatch.setattr(train, "sequences", lambda *a: built.append(a) or sequences(*a))
+    loss, aux = train.batch_loss(
+        model, train.CTCHead(model.lm_head), torch.nn.CTCLoss(blank=0), prompts,
+        [[e] for e in follow_ups], random.Random(0), {"transcribe": 0.0}, openers,
+    )  # fmt: skip
+    assert torch.isfinite(loss) and aux is not None
+    _, chosen, _, histories = built[0]
+    for example, (instruction, answer), history in zip(follow_ups, chosen, histories, strict=True):
+        assert instruction is None and len(history) == 1
+        ((_, reply),) = history
+        assert example.follows is not None and answer == cases.followed(reply, example.follows)
+    # Without openers to follow, a follow-up is only transcribed.
+    built.clear()
+    train.batch_loss(
+        model, train.CTCHead(model.lm_head), torch.nn.CTCLoss(blank=0), prompts,
+        [[e] for e in follow_ups], random.Random(0),
+    )  # fmt: skip
+    assert all(instruction is not None for instruction, _ in built[0][1])
+
+
+def test_training_evaluates_follow_ups_as_transformers_answers_the_conversation() -> None:
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(COMMITTED)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
+    prompts = train.Prompts(processor.tokenizer, checkpoint.CHAT_TEMPLATE.read_text())
+    dialogues = cases.dialogues("held_out", 2, seed=3)
+    expected = []
+    for dialogue in dialogues:
+        messages = [
+            {"role": "user", "content": [train.AUDIO_PART]},
+            {"role": "assistant", "content": dialogue.opener.answer},
+            {"role": "user", "content": [train.AUDIO_PART]},
+        ]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        audio = [render(dialogue.opener.clip), render(dialogue.follow_up)]
+        inputs = processor(text=text, audio=audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+        start = inputs["input_ids"].shape[1]
+        expected.append(processor.batch_decode(out[:, start:], skip_special_tokens=True)[0])
+    spoken = train.speak_all(
+        [c for d in dialogues for c in (d.opener.clip, d.follow_up)], processor.feature_extractor
+    )
+    held = [train.HeldDialogue(d, *spoken[2 * i : 2 * i + 2]) for i, d in enumerate(dialogues)]
+    answers = train.greedy(
+        model.eval(),
+        prompts,
+        [(None, h.follow_up) for h in held],
+        histories=[[(h.opener, h.dialogue.opener.answer)] for h in held],
+    )
+    assert answers == expected
+    scores = train.evaluate(model, prompts, [], [], held)
+    right = sum(cases.normalize(a) == [d.answer] for a, d in zip(answers, dialogues, strict=True))
+    assert scores[cases.FOLLOW_UP] == right / 2
