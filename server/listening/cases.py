@@ -217,9 +217,7 @@ def draw_clip(
     if kind == "sound":
         sound = rng.choice(NON_SPEECH)
         return Clip(text=None, voice=None, sound=sound, seed=rng.getrandbits(31))
-    raise ValueError(
-        f"unknown question type {kind!r}; choose one of {', '.join((*KINDS, FOLLOW_UP))}"
-    )
+    raise ValueError(f"unknown question type {kind!r}; choose one of {', '.join(KINDS)}")
 
 
 def followed(answer: str, follows: tuple[str, int]) -> str | None:
@@ -243,10 +241,14 @@ class Dialogue:
     follow_up: Clip
     answer: str
 
+    @property
+    def case(self) -> Case:
+        """The follow-up as a case of its own (what is heard, asked and expected)."""
+        return Case(FOLLOW_UP, self.follow_up, None, self.answer)
+
     def as_json(self) -> dict[str, Any]:
         """The public form: the opener's case, then the follow-up's."""
-        then = Case(FOLLOW_UP, self.follow_up, None, self.answer).as_json()
-        return {"kind": FOLLOW_UP, "turns": [self.opener.as_json(), then]}
+        return {"kind": FOLLOW_UP, "turns": [self.opener.as_json(), self.case.as_json()]}
 
 
 def dialogues(split: Split, count: int, seed: int) -> list[Dialogue]:

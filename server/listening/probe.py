@@ -65,9 +65,7 @@ def averaged_representations(model: Any, examples: list[train.Example]) -> dict[
     rows: dict[str, list[np.ndarray]] = {"mel": [], **{name: [] for name in modules}}
     try:
         for example in examples:  # one clip at a time: no padding in any average
-            train.encode_batch(
-                model, [example.features[:, : example.frames].float()], [example.frames]
-            )
+            train.encode_clean(model, [example])  # as served: the valid frames and the tail
             rows["mel"].append(example.features[:, : example.frames].float().mean(1).numpy())
             for name in modules:
                 x = seen[name][0]

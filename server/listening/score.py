@@ -1,7 +1,8 @@
 """Score a server on held-out listening cases: WER for transcription, accuracy per type.
 
 Works against any OpenAI-compatible server serving the listening checkpoint; the cases
-come from `cases.cases` and are spoken here with espeak-ng.
+come from `cases.cases`, the two-turn voice chats from `cases.dialogues`, and both are
+spoken here with espeak-ng.
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ def ask_follow_ups(
     max_new_tokens: int = MAX_NEW_TOKENS,
     replies: Sequence[str] | None = None,
 ) -> list[str]:
-    """The server's greedy answers to each dialogue's follow-up, asked as the second turn of
-    a chat after the spoken opener and a first reply: the opener's right answer, or the
-    dialogue's entry of `replies` (an error's text in its slot)."""
+    """The server's greedy answers to each dialogue's follow-up (an error's text in its
+    slot), asked as the second turn of a chat after the spoken opener and a first reply:
+    the opener's right answer, or the dialogue's entry of `replies`."""
+    replies = replies or [d.opener.answer for d in dialogues]
+    if len(replies) != len(dialogues):
+        raise ValueError(f"{len(replies)} replies for {len(dialogues)} dialogues")
 
     def heard(clip: cases.Clip) -> dict[str, Any]:
         return {
@@ -66,7 +70,7 @@ def ask_follow_ups(
         return answer.generated_text
 
     with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(one, dialogues, replies or [d.opener.answer for d in dialogues]))
+        return list(pool.map(one, dialogues, replies))
 
 
 def score(held: Sequence[cases.Case], answers: Sequence[str]) -> dict[str, float]:
@@ -122,20 +126,14 @@ def score_server(
     with AudioTextClient(base_url=base_url, model=model, api_key=api_key) as client:
         answers = ask(client, held, concurrency)
         follow_ups = ask_follow_ups(client, dialogues, concurrency)
+    asked = [*held, *(d.case for d in dialogues)]
+    public = [*(c.as_json() for c in held), *(d.as_json() for d in dialogues)]
+    answers += follow_ups
     misses = [
-        {**c.as_json(), "got": a}
-        for c, a in zip(held, answers, strict=True)
+        {**shown, "got": a}
+        for c, shown, a in zip(asked, public, answers, strict=True)
         if cases.normalize(a) != cases.normalize(c.answer)
     ]
-    right = [
-        cases.normalize(a) == cases.normalize(d.answer)
-        for d, a in zip(dialogues, follow_ups, strict=True)
-    ]
-    misses += [
-        {**d.as_json(), "got": a}
-        for d, a, ok in zip(dialogues, follow_ups, right, strict=True)
-        if not ok
-    ]
-    scores = {**score(held, answers), cases.FOLLOW_UP: round(sum(right) / len(right), 3)}
+    scores = score(asked, answers)
     return {"cases": len(held), "dialogues": len(dialogues), "seed": seed, "scores": scores,
             "misses": misses}  # fmt: skip

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 SIZE = checkpoint.Size(256, 3, 4, 1024, hidden=256, layers=3, heads=4, intermediate=768)
 VOCAB_SIZE = 2048
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -565,16 +566,21 @@ def batch_loss(
     A spoken follow-up asked as one (type `follow_up`) is the second turn of a voice chat
     whose first is one of `openers` (spoken questions), answered right.
     """
-    chosen, histories, heard = [], [], []
+    windows = [e for sample in samples for e in sample]
+    # SpecAugment before the questions are drawn, as before follow-ups existed: a batch
+    # without them makes the same random draws, so earlier runs reproduce.
+    window_features = iter(_augmented(windows, rng))
+    chosen, histories = [], []
     for sample in samples:
         options = sample[0].tasks
-        if sample[0].follows is not None and openers:
+        follows = sample[0].follows
+        if follows is not None and any(fits(o, follows) for o in openers):
             options = [*options, (cases.FOLLOW_UP, None, "")]
         kind, instruction, answer = draw_task(rng, options, weights)
         history: list[tuple[Example, str]] = []
         if kind == cases.FOLLOW_UP:
-            assert sample[0].follows is not None
-            opener, reply, answer = draw_opener(rng, openers, sample[0].follows)
+            assert follows is not None
+            opener, reply, answer = draw_opener(rng, openers, follows)
             history.append((opener, reply))
         if len(sample) > 1:  # one recording, two windows: both transcripts in order
             answer = " ".join(
@@ -582,15 +588,15 @@ def batch_loss(
             )
         chosen.append((instruction, answer))
         histories.append(history)
-        heard += [*(e for e, _ in history), *sample]  # in prompt order
-    audio = _encode_augmented(model, heard, rng)
-    counts, spoken, i = [], [], 0
-    for sample, history in zip(samples, histories, strict=True):
-        earlier = audio[i : i + len(history)]
-        spoken.append([(len(a), reply) for a, (_, reply) in zip(earlier, history, strict=True)])
-        i += len(history)
-        counts.append([len(a) for a in audio[i : i + len(sample)]])
-        i += len(sample)
+    earlier = [[e for e, _ in history] for history in histories]
+    opener_features = iter(_augmented([e for turns in earlier for e in turns], rng))
+    heard = in_prompt_order(earlier, samples)
+    features = in_prompt_order(
+        [[next(opener_features) for _ in turns] for turns in earlier],
+        [[next(window_features) for _ in sample] for sample in samples],
+    )
+    audio = encode_batch(model, features, [e.frames for e in heard])
+    spoken, counts = split_turns(audio, histories, [len(sample) for sample in samples])
     ids, attention, labels = sequences(prompts, chosen, counts, spoken)
     hidden = lm_hidden(model, ids, attention, audio)
     answer_mask = labels[:, 1:] != -100
@@ -599,17 +605,47 @@ def batch_loss(
     return loss, _ctc_loss(ctc, ctc_head, audio, heard, prompts)
 
 
+def chat_reply(opener: Example) -> str:
+    """A spoken question's right answer."""
+    return next(answer for kind, _, answer in opener.tasks if kind == "chat")
+
+
+def fits(opener: Example, follows: tuple[str, int]) -> bool:
+    """Whether a follow-up has an answer after this spoken question's answer."""
+    return cases.followed(chat_reply(opener), follows) is not None
+
+
 def draw_opener(
     rng: random.Random, openers: Sequence[Example], follows: tuple[str, int]
 ) -> tuple[Example, str, str]:
-    """A spoken question for a follow-up to come after: the question, its answer, and the
-    follow-up's answer (drawn until the follow-up's answer is a number of the grammar)."""
+    """A spoken question for a follow-up to come after (one must `fit`): the question, its
+    answer, and the follow-up's answer."""
     while True:
         opener = rng.choice(openers)
-        reply = next(answer for kind, _, answer in opener.tasks if kind == "chat")
-        answer = cases.followed(reply, follows)
+        answer = cases.followed(chat_reply(opener), follows)
         if answer is not None:
-            return opener, reply, answer
+            return opener, chat_reply(opener), answer
+
+
+def in_prompt_order(earlier: Sequence[Sequence[T]], own: Sequence[Sequence[T]]) -> list[T]:
+    """Per sample, what its earlier turns hear, then what it hears itself: the order of the
+    audio slots in a batch's prompts (`lm_hidden` fills them row by row)."""
+    return [x for turns, mine in zip(earlier, own, strict=True) for x in (*turns, *mine)]
+
+
+def split_turns(
+    audio: Sequence[torch.Tensor], histories: Sequence[Sequence[tuple[Any, str]]], sizes: list[int]
+) -> tuple[list[list[tuple[int, str]]], list[list[int]]]:
+    """Audio embeddings in prompt order, split per sample: each earlier turn's audio tokens
+    and reply, and the audio tokens of each of the sample's own `sizes` windows."""
+    spoken, counts, i = [], [], 0
+    for history, size in zip(histories, sizes, strict=True):
+        turns = audio[i : i + len(history)]
+        spoken.append([(len(a), reply) for a, (_, reply) in zip(turns, history, strict=True)])
+        i += len(history)
+        counts.append([len(a) for a in audio[i : i + size]])
+        i += size
+    return spoken, counts
 
 
 def draw_task(
@@ -635,15 +671,15 @@ def _encode_augmented(
     model: Any, examples: list[Example], rng: random.Random
 ) -> list[torch.Tensor]:
     """Projected audio embeddings of `examples` after SpecAugment."""
-    feats = [spec_augment(e.features, e.frames, rng) for e in examples]
-    return encode_batch(
-        model,
-        [f[:, : e.frames + TAIL_FRAMES] for f, e in zip(feats, examples, strict=True)],
-        [e.frames for e in examples],
-    )
+    return encode_batch(model, _augmented(examples, rng), [e.frames for e in examples])
 
 
-def _encode_clean(model: Any, examples: list[Example]) -> list[torch.Tensor]:
+def _augmented(examples: list[Example], rng: random.Random) -> list[torch.Tensor]:
+    """The features of `examples` after SpecAugment, cut to the valid frames and the tail."""
+    return [spec_augment(e.features, e.frames, rng)[:, : e.frames + TAIL_FRAMES] for e in examples]
+
+
+def encode_clean(model: Any, examples: list[Example]) -> list[torch.Tensor]:
     """Projected audio embeddings of `examples` as heard (no augmentation)."""
     return encode_batch(
         model,
@@ -684,7 +720,7 @@ def ctc_collapse(best: list[int], blank: int) -> list[int]:
 def ctc_wer(model: Any, head: CTCHead, prompts: Prompts, examples: list[Example]) -> float:
     """Word error rate of the CTC head's greedy spelling of English speech (stage 1)."""
     model.eval()
-    audio = _encode_clean(model, examples)
+    audio = encode_clean(model, examples)
     model.train()
     errors = words = 0
     for clip, example in zip(audio, examples, strict=True):
@@ -707,21 +743,15 @@ def greedy(
     """Greedy answers (no cache: the model is small) for (instruction, clip) pairs, each
     after its entry of `histories` (earlier spoken turns and their replies), if given."""
     histories = histories or [()] * len(asked)
-    heard = [e for (_, e), history in zip(asked, histories, strict=True) for e in
-             [*(h for h, _ in history), e]]  # fmt: skip
-    audio = _encode_clean(model, heard)
-    turns, i = [], 0
-    for history in histories:
-        spoken = audio[i : i + len(history)]
-        earlier = [(len(a), reply) for a, (_, reply) in zip(spoken, history, strict=True)]
-        turns.append((earlier, len(audio[i + len(history)])))
-        i += len(history) + 1
+    earlier = [[e for e, _ in history] for history in histories]
+    audio = encode_clean(model, in_prompt_order(earlier, [[e] for _, e in asked]))
+    spoken, counts = split_turns(audio, histories, [1] * len(asked))
     done: list[list[int]] = [[] for _ in asked]
     finished = [False] * len(asked)
     for _ in range(limit):
         rows = []
-        for (instruction, _), (earlier, count), tokens in zip(asked, turns, done, strict=True):
-            rows.append([*prompts.prompt(instruction, [count], earlier), *tokens])
+        for (instruction, _), turns, own, tokens in zip(asked, spoken, counts, done, strict=True):
+            rows.append([*prompts.prompt(instruction, own, turns), *tokens])
         ids, attention = padded(rows, prompts.tokenizer.pad_token_id)
         hidden = lm_hidden(model, ids, attention, audio)
         last = hidden[torch.arange(len(rows)), torch.tensor([len(r) - 1 for r in rows])]
@@ -751,21 +781,15 @@ def evaluate(
     answers = [
         a for i in range(0, len(asked), 16) for a in greedy(model, prompts, asked[i : i + 16])
     ]
-    scores = score(held, answers)
     if dialogues:
-        follow_ups = greedy(
+        answers += greedy(
             model,
             prompts,
             [(None, d.follow_up) for d in dialogues],
             histories=[[(d.opener, d.dialogue.opener.answer)] for d in dialogues],
         )
-        right = [
-            cases.normalize(a) == [d.dialogue.answer]
-            for d, a in zip(dialogues, follow_ups, strict=True)
-        ]
-        scores[cases.FOLLOW_UP] = round(sum(right) / len(right), 3)
     model.train()
-    return scores
+    return score([*held, *(d.dialogue.case for d in dialogues)], answers)
 
 
 def _optimizer(parameters: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
