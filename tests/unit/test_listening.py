@@ -411,13 +411,18 @@ def test_a_follow_up_asked_as_one_is_the_second_turn_of_a_voice_chat(
         assert instruction is None and len(history) == 1
         ((_, reply),) = history
         assert example.follows is not None and answer == cases.followed(reply, example.follows)
-    # Without openers to follow, a follow-up is only transcribed.
-    built.clear()
-    train.batch_loss(
-        model, train.CTCHead(model.lm_head), torch.nn.CTCLoss(blank=0), prompts,
-        [[e] for e in follow_ups], random.Random(0),
-    )  # fmt: skip
-    assert all(instruction is not None for instruction, _ in built[0][1])
+    # Without an opener it can follow, a follow-up is only transcribed: with none at all,
+    # and after a question answered "twenty" (nothing is left to add).
+    twenty = dataclasses.replace(openers[0], tasks=[("chat", None, "twenty")])
+    adding = [[e] for e in follow_ups if e.follows and e.follows[0] == "plus"]
+    assert adding and not train.fits(twenty, ("plus", 1)) and train.fits(twenty, ("minus", 1))
+    for fitting in ([], [twenty]):
+        built.clear()
+        train.batch_loss(
+            model, train.CTCHead(model.lm_head), torch.nn.CTCLoss(blank=0), prompts,
+            adding, random.Random(0), {"transcribe": 1.0, cases.FOLLOW_UP: 1e9}, fitting,
+        )  # fmt: skip
+        assert all(instruction is not None for instruction, _ in built[0][1])
 
 
 def test_training_evaluates_follow_ups_as_transformers_answers_the_conversation() -> None:
