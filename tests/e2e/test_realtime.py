@@ -1,10 +1,11 @@
 """`/v1/realtime` against real servers, driven by the OpenAI SDK's realtime client.
 
-The listening checkpoint hears spoken voice-chat questions streamed in 20 ms PCM16 chunks
-with server VAD; each answer must be, token for token at temperature 0, the answer of a
-plain chat completion with the same audio and the same history, the second turn's prompt
-must carry the first (usage), and each answer must find its prompt prefilled during the
-end-of-turn silence (vLLM's prefix-cache hits). The tiny checkpoint
+The listening checkpoint hears a spoken voice-chat question and then a spoken follow-up
+("and plus one") streamed in 20 ms PCM16 chunks with server VAD; the question must be
+answered right, each answer must be, token for token at
+temperature 0, the answer of a plain chat completion with the same audio and the same
+history, the second turn's prompt must carry the first (usage), and each answer must find
+its prompt prefilled during the end-of-turn silence (vLLM's prefix-cache hits). The tiny checkpoint
 (which never stops talking) serves barge-in, clear, bad events and clients that vanish.
 """
 
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import json
+import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -100,8 +103,13 @@ def cache_block_size(http: httpx.Client) -> int:
 def test_sdk_client_holds_a_spoken_conversation_answered_as_chat_would(
     listening_server: ServerProcess,
 ) -> None:
-    questions = cases.cases("held_out", 2, seed=17, kinds=("chat",))
-    spoken = [pcm16(render(q.clip), SAMPLE_RATE, RATE) for q in questions]
+    question = cases.cases("held_out", 1, seed=17, kinds=("chat",))[0]
+    rng = random.Random("realtime")
+    follow_up = cases.draw_clip(rng, "held_out", cases.FOLLOW_UP)
+    while not (follow_up.follows and cases.followed(question.answer, follow_up.follows)):
+        follow_up = cases.draw_clip(rng, "held_out", cases.FOLLOW_UP)
+    follow_up = dataclasses.replace(follow_up, voice=question.clip.voice)  # one speaker
+    spoken = [pcm16(render(clip), SAMPLE_RATE, RATE) for clip in (question.clip, follow_up)]
     # Each question, then 1 s of silence so that the VAD (500 ms) hears it end.
     streams = [s + silence(1.0, RATE) for s in spoken]
     client = sdk(listening_server, API_KEY)
@@ -159,11 +167,11 @@ def test_sdk_client_holds_a_spoken_conversation_answered_as_chat_would(
         )  # fmt: skip
         history.append({"role": "assistant", "content": turn.text})
 
-    # The first question ("what is one plus four") is answered right: the audio streamed in
-    # 20 ms chunks at 24 kHz and cut by the VAD is heard as the question. The second (the
-    # model answers about half of held-out arithmetic right) is wrong alone as well, so only
-    # its equality with chat is checked above.
-    assert cases.normalize(turns[0].text) == cases.normalize(questions[0].answer), turns[0].text
+    # The question ("what is one plus four") is answered right: the audio streamed in 20 ms
+    # chunks at 24 kHz and cut by the VAD is heard as the question. The follow-up ("and plus
+    # one") is checked against chat only: the checkpoint answers 10-30 % of held-out
+    # follow-ups right (tests/e2e/test_listening.py), this one not.
+    assert cases.normalize(turns[0].text) == cases.normalize(question.answer), turns[0].text
     first, second = (t.done["usage"] for t in turns)
     # The second prompt is the first, its answer, and the new question.
     assert second["input_tokens"] > first["input_tokens"] + first["output_tokens"]
