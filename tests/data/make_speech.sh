@@ -19,7 +19,7 @@ ffmpeg -loglevel error -y -i "$tmp/long.wav" -ar 16000 -ac 1 -c:a libopus -b:a 2
 # sentence the listening checkpoint never heard in training): the first from seed 2024 on
 # that the weights of 2026-12-03 transcribed word for word in float32 and bfloat16 (2024
 # came back "The orange cake is beside the counter.", 2025 to 2027 missed an object or a
-# colour too; the weights of 2026-12-07 also get 2024 and 2025 right in float32; README "The
+# colour too; the weights committed since also get 2024 and 2025 right in float32; README "The
 # listening checkpoint").
 "${PYTHON:-../../.venv/bin/python}" - <<'PY'
 import soundfile
