@@ -22,6 +22,21 @@ from audiotext.server.listening import cases, score, train
 from audiotext.server.listening.speech import SAMPLE_RATE, render
 
 COMMITTED = checkpoint.TRAINED["listening"]
+# The committed checkpoint's processor, a fresh float32 copy of its model, its prompts.
+Committed = tuple[Any, Any, train.Prompts]
+
+
+@pytest.fixture()
+def committed() -> Committed:
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(COMMITTED)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
+    return (
+        processor,
+        model,
+        train.Prompts(processor.tokenizer, checkpoint.CHAT_TEMPLATE.read_text()),
+    )
 
 
 def test_cases_are_reproducible_and_cover_every_question_type() -> None:
@@ -101,15 +116,12 @@ def test_training_encoder_equals_the_served_padding_free_encoder() -> None:
 
 def test_stage_one_trains_the_audio_side_alone_and_spells_with_ctc(
     caplog: pytest.LogCaptureFixture,
+    committed: Committed,
 ) -> None:
     import logging
     import random
 
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(COMMITTED)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
-    prompts = train.Prompts(processor.tokenizer, checkpoint.CHAT_TEMPLATE.read_text())
+    processor, model, prompts = committed
     recipe = train.Recipe(ctc_steps=2, ctc_batch=2, eval_every=2)
     clips = [c.clip for c in cases.cases("train", 6, seed=3, kinds=("transcribe",))]
     examples = train.speak_all(clips, processor.feature_extractor, workers=2)
@@ -361,12 +373,8 @@ def test_sentences_command_prints_follow_ups_in_the_public_form(
     assert then["instruction"] is None and then["text"].startswith("and ")
 
 
-def test_a_spoken_conversation_trains_on_the_prompt_the_server_builds() -> None:
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(COMMITTED)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
-    prompts = train.Prompts(processor.tokenizer, checkpoint.CHAT_TEMPLATE.read_text())
+def test_a_spoken_conversation_trains_on_the_prompt_the_server_builds(committed: Committed) -> None:
+    processor, model, prompts = committed
     dialogue = cases.dialogues("held_out", 1, seed=2)[0]
     audio = [render(dialogue.opener.clip), render(dialogue.follow_up)]
     messages = [
@@ -387,14 +395,11 @@ def test_a_spoken_conversation_trains_on_the_prompt_the_server_builds() -> None:
 
 def test_a_follow_up_asked_as_one_is_the_second_turn_of_a_voice_chat(
     monkeypatch: pytest.MonkeyPatch,
+    committed: Committed,
 ) -> None:
     import random
 
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(COMMITTED)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
-    prompts = train.Prompts(processor.tokenizer, checkpoint.CHAT_TEMPLATE.read_text())
+    processor, model, prompts = committed
     dialogues = cases.dialogues("train", 3, seed=0)
     follow_ups = train.speak_all([d.follow_up for d in dialogues], processor.feature_extractor)
     openers = train.speak_all([d.opener.clip for d in dialogues], processor.feature_extractor)
@@ -425,12 +430,10 @@ def test_a_follow_up_asked_as_one_is_the_second_turn_of_a_voice_chat(
         assert all(instruction is not None for instruction, _ in built[0][1])
 
 
-def test_training_evaluates_follow_ups_as_transformers_answers_the_conversation() -> None:
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(COMMITTED)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
-    prompts = train.Prompts(processor.tokenizer, checkpoint.CHAT_TEMPLATE.read_text())
+def test_training_evaluates_follow_ups_as_transformers_answers_the_conversation(
+    committed: Committed,
+) -> None:
+    processor, model, prompts = committed
     dialogues = cases.dialogues("held_out", 2, seed=3)
     expected = []
     for dialogue in dialogues:
