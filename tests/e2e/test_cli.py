@@ -87,7 +87,7 @@ def test_interrupted_batch_keeps_every_answer_and_resume_finishes_it(
     # Three slow requests fill all three slots once the first six are answered, so the
     # interrupt finds them in flight and nothing else running. They are long enough
     # (seconds of decoding) that a loaded machine cannot finish one before it is seen.
-    slow = {"max_new_tokens": 1536, "ignore_eos": True}
+    slow = {"max_new_tokens": 3072, "ignore_eos": True}
     rows = [
         {
             "audio": "clip.flac",
