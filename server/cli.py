@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         "holds; each is cut to what fits in 30 s; default: the recipe's 2-4)",
     )
     train.add_argument(
+        "--ctc-pitch",
+        action="store_true",
+        default=None,
+        help="spell the voice's pitch class (high or low, where a clip has one) before its "
+        "words in the CTC target, so the audio side keeps the pitch",
+    )
+    train.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
         help="autocast matrix products to bfloat16 (default: where the CPU computes in it "
@@ -339,6 +346,7 @@ def _model(args: argparse.Namespace) -> int:
             "long_windows": args.long_windows,
             "long_sentences": args.long_sentences,
             "bf16": args.bf16,
+            "ctc_pitch": args.ctc_pitch,
             "task_weights": args.task_weights,
         }
         if args.mix is not None:

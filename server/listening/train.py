@@ -60,6 +60,9 @@ class Recipe:
     lr: float = 1e-3
     warmup: int = 100
     ctc_weight: float = 0.5
+    # Spell the voice's pitch class ("high"/"low", where a clip has one) before its words in
+    # the CTC target, so the audio side keeps what the pitch questions ask about.
+    ctc_pitch: bool = False
     eval_every: int = 500
     # Autocast matrix products to bfloat16; None: where the CPU computes in it natively
     # (AVX-512 BF16, AMX, Arm BF16). Elsewhere the autocast runs ~10x slower than float32.
@@ -110,7 +113,7 @@ class Example:
     features: torch.Tensor  # (mel bins, frames), float16
     frames: int
     tasks: list[tuple[str, str | None, str]]
-    transcript: str | None  # for the CTC loss: English speech only
+    transcript: str | None  # what the CTC loss spells: English speech only
     long: bool = False  # a recording of several sentences
     follows: tuple[str, int] | None = None  # a spoken follow-up (`cases.followed`)
 
@@ -166,6 +169,15 @@ def speak_all(clips: Sequence[cases.Clip], extractor: Any, workers: int = 6) -> 
                     "spoke %d/%d clips (%.0f s)", i + 1, len(clips), time.monotonic() - started
                 )
     return out
+
+
+def with_pitch_spelt(example: Example) -> Example:
+    """`example` with its voice's pitch class ("high" or "low", where it is asked) spelt
+    before its words in the CTC target (`Recipe.ctc_pitch`)."""
+    pitch = next((answer for kind, _, answer in example.tasks if kind == "pitch"), None)
+    if pitch is None or example.transcript is None:
+        return example
+    return dataclasses.replace(example, transcript=f"{pitch} {example.transcript}")
 
 
 def fit_window(clip: cases.Clip, max_samples: int) -> tuple[cases.Clip, Any]:
@@ -384,6 +396,8 @@ def train(out: Path, recipe: Recipe = Recipe(), init: Path | None = None) -> Pat
     else:
         examples = speak_all(draw_clips(recipe), processor.feature_extractor)
         torch.save(examples, spoken)
+    if recipe.ctc_pitch:
+        examples = [with_pitch_spelt(e) for e in examples]
     held = [c for c in cases.cases("held_out", 70, seed=recipe.seed + 1)]
     held_examples = speak_all([c.clip for c in held], processor.feature_extractor)
     dialogues = cases.dialogues("held_out", 10, seed=recipe.seed + 1)

@@ -305,6 +305,39 @@ def test_the_probe_refuses_too_few_clips(capsys: pytest.CaptureFixture[str]) -> 
     assert "at least 20 clips" in capsys.readouterr().err
 
 
+def test_ctc_pitch_spells_the_voice_class_before_the_words(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import random
+
+    from audiotext.server import cli
+
+    rng = random.Random(0)
+    clips = [cases.draw_clip(rng, "train", kind) for kind in ("pitch", "pitch", "transcribe")]
+    examples = [
+        train.Example(
+            features=torch.zeros(1, 1),
+            frames=1,
+            tasks=cases.tasks(clip),
+            transcript=" ".join(cases.normalize(" ".join(clip.sentences))),
+        )
+        for clip in clips
+    ]
+    for clip, example in zip(clips[:2], examples[:2], strict=True):
+        pitch = "low" if clip.pitch <= 15 else "high"
+        assert train.with_pitch_spelt(example).transcript == f"{pitch} {example.transcript}"
+    assert train.with_pitch_spelt(examples[2]) is examples[2]  # no pitch asked: words only
+    assert (
+        train.with_pitch_spelt(dataclasses.replace(examples[0], transcript=None)).transcript is None
+    )
+
+    trained: list[train.Recipe] = []
+    monkeypatch.setattr(train, "train", lambda out, recipe, init: trained.append(recipe) or out)
+    cli.main(["model", "train", "--out", str(tmp_path / "x")])
+    cli.main(["model", "train", "--out", str(tmp_path / "x"), "--ctc-pitch"])
+    assert [r.ctc_pitch for r in trained] == [False, True]
+
+
 def test_ctc_spelling_collapses_repeats_and_drops_blanks() -> None:
     blank = 9
     assert train.ctc_collapse([9, 4, 4, 9, 4, 7, 7, 9, 9, 2], blank) == [4, 4, 7, 2]
