@@ -295,7 +295,9 @@ def encode_batch(model: Any, features: list[torch.Tensor], frames: list[int]) ->
         kept = f[:, : 2 * n + 1]
         x[i, :, : kept.shape[-1]] = kept.float()
     x = nn.functional.gelu(tower.conv1(x))
-    x = nn.functional.gelu(tower.conv2(x)).permute(0, 2, 1)
+    # A full window (2999-3000 frames) gives one position past the encoder's 1500: no clip
+    # reads it, so it is dropped.
+    x = nn.functional.gelu(tower.conv2(x))[:, :, : int(positions.max())].permute(0, 2, 1)
     x = x + tower.embed_positions.weight[: x.shape[1]]
     keys = torch.arange(x.shape[1])[None, :] < positions[:, None]
     mask = torch.zeros(len(features), 1, 1, x.shape[1])

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -100,7 +101,13 @@ def test_training_encoder_equals_the_served_padding_free_encoder() -> None:
     processor = AutoProcessor.from_pretrained(COMMITTED)
     model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
     clips = [c.clip for c in cases.cases("held_out", 4, seed=9)]
-    pairs = [trimmed_features(processor.feature_extractor, render(c)) for c in clips]
+    audio = [render(c) for c in clips]
+    # and whole 30 s windows (3000 and 2999 valid frames: one encoder position past 1500
+    # before the cut), as the windows of long recordings are.
+    window = processor.feature_extractor.n_samples
+    audio += [np.resize(np.concatenate(audio), n) for n in (window, window - 300)]
+    pairs = [trimmed_features(processor.feature_extractor, a) for a in audio]
+    assert [int(m.sum()) for _, m in pairs][-2:] == [3000, 2999]
     served = encode_valid_frames(
         model.model.audio_tower,
         model.model.multi_modal_projector,
