@@ -74,10 +74,12 @@ def test_held_out_cases_are_neither_in_training_voices_nor_sentences() -> None:
 
 
 # The targets (WER <= 10 %, >= 90 % per question type, long audio >= 90 %) are not
-# reached by the committed checkpoint (README "The listening checkpoint"; it measures WER
-# 0.164 on these cases); these bounds sit just above what it measures, so a serving path
-# that mishears (random weights, wrong resampling, lost audio) still fails them.
-WER_BOUND = 0.19
+# all reached by the committed checkpoint (README "The listening checkpoint": WER 0.086 on
+# these cases, 0.123 on a larger draw); these bounds sit just above what it measures, so a
+# serving path that mishears (random weights, wrong resampling, lost audio) fails them.
+WER_BOUND = 0.12
+# One sentence's errors in any of the three file formats (6-10 words: at most one wrong).
+CLIP_ERROR_BOUND = 0.19
 
 
 def test_transcription_wer_on_held_out_voices_and_sentences(
@@ -126,7 +128,7 @@ def test_the_same_clip_as_wav_flac_and_mp3_gives_the_same_transcript(
     reference = cases.normalize(case.answer)
     for name, text in heard.items():
         errors = score.edit_distance(reference, cases.normalize(text))
-        assert errors / len(reference) <= WER_BOUND, (name, heard)
+        assert errors / len(reference) <= CLIP_ERROR_BOUND, (name, heard)
 
 
 def test_greedy_parity_with_transformers_generate(
@@ -165,16 +167,16 @@ def test_greedy_parity_with_transformers_generate(
 
 # Per question type: the bound sits just under what the committed checkpoint measures
 # (README "The listening checkpoint"), so a serving path that mishears fails it.
-# Pitch sits near chance (high or low: the weights measure 0.35-0.575; the audio side loses
+# Pitch sits near chance (high or low: the weights measure 0.35-0.65; the audio side loses
 # the voice's pitch, `audiotext model probe`), so its bound only catches answers that are
 # not a pitch at all.
 ACCURACY_BOUND = {
-    "colour": 0.4,
+    "colour": 0.7,
     "count": 0.9,
     "pitch": 0.25,
     "language": 0.9,
     "sound": 0.85,
-    "chat": 0.5,
+    "chat": 0.9,
 }
 
 
@@ -187,7 +189,7 @@ def test_accuracy_per_question_type_on_held_out_voices(listener: AudioTextClient
 
 
 # Words of a 70-90 s recording that come back in order, on every route that hears it.
-LONG_BOUND = 0.2
+LONG_BOUND = 0.3
 
 
 def test_a_long_recording_comes_back_in_order_on_chat_task_and_transcription_routes(
@@ -232,9 +234,10 @@ def test_a_long_recording_comes_back_in_order_on_chat_task_and_transcription_rou
 
 
 # Two-turn voice chats: the spoken follow-up ("and plus four") is answered from the first
-# reply. The bound sits just under what the committed checkpoint measures (0.30 after the
-# right reply, 0.20 after another; the weights before, never trained on them: 0.05).
-FOLLOW_UP_BOUND = 0.15
+# reply. The bound sits just under what the committed checkpoint measures (0.60 after the
+# right reply, 0.50 after another; the weights of the first follow-up training: 0.30 and
+# 0.20; the weights before, never trained on them: 0.05).
+FOLLOW_UP_BOUND = 0.4
 
 
 def test_a_spoken_follow_up_is_answered_from_the_first_reply(listener: AudioTextClient) -> None:
