@@ -95,10 +95,15 @@ def builtin_path(size: str, seed: int = DEFAULT_SEED) -> Path:
     return cache_dir() / "checkpoints" / f"{size}-seed{seed}-v{RECIPE_VERSION}"
 
 
+def is_built(size: str, seed: int = DEFAULT_SEED) -> bool:
+    """Whether the built-in checkpoint is in the cache (a build appears whole or not)."""
+    return (builtin_path(size, seed) / "config.json").exists()
+
+
 def ensure_built(size: str, seed: int = DEFAULT_SEED) -> Path:
     """Build the checkpoint into the cache unless it is already there."""
     out = builtin_path(size, seed)
-    if not (out / "config.json").exists():
+    if not is_built(size, seed):
         logger.info("Building the %s checkpoint into %s", size, out)
         build(size, out, seed=seed)
     return out

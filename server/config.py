@@ -38,11 +38,6 @@ RAY_COPY_ENV = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
 # attribute 'finalize_loading'"), so with AOT every start compiles again (8 s for tiny);
 # without it, torch inductor's own cache is reused. A value the user sets is kept.
 AOT_COMPILE_ENV = "VLLM_USE_AOT_COMPILE"
-# On CPU, vLLM's engine process starts a worker process for the model by default: one more
-# Python start, import and handshake (7-14 s of a warm start on the CPUs measured) for
-# nothing with one worker. 0 (MULTIPROCESS_ENV) runs the model inside the engine process,
-# and then the engine core itself is forked from the API server (START_METHOD_ENV), not
-# spawned (`engine_start`). A value the user sets is kept.
 
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -267,6 +262,11 @@ def to_vllm(config: ServerConfig) -> VllmInvocation:
         env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(config.keep_alive_s)
         if config.resolved_device == "cpu":
             cpu_env = {AOT_COMPILE_ENV: "0"}
+            # vLLM's engine process starts a worker process for the model by default: one
+            # more Python start, import and handshake (7-14 s of a warm start on the CPUs
+            # measured) for nothing with one worker. 0 (MULTIPROCESS_ENV) runs the model in
+            # the engine process, and then the engine itself is forked from the API server
+            # (START_METHOD_ENV), not spawned (`engine_start`). A value the user sets is kept.
             if not config.worker_process:
                 cpu_env[MULTIPROCESS_ENV] = "0"
             if os.environ.get(MULTIPROCESS_ENV, cpu_env.get(MULTIPROCESS_ENV)) == "0":

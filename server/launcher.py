@@ -94,9 +94,8 @@ def build_in_child(size: str) -> None:
     """Build a missing built-in checkpoint in a child process: building runs multi-threaded
     torch work, and vLLM may fork its engine core from this process afterwards
     (`engine_start`), which GNU OpenMP does not survive once a parallel region ran."""
-    out = checkpoint.builtin_path(size)
-    if not (out / "config.json").exists():
-        logger.info("Building the %s checkpoint into %s", size, out)
+    if not checkpoint.is_built(size):
+        logger.info("Building the %s checkpoint into %s", size, checkpoint.builtin_path(size))
         build = [sys.executable, "-m", "audiotext.server.cli", "model", "build", "--size", size]
         subprocess.run(build, check=True, stdout=subprocess.DEVNULL)
 

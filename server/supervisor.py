@@ -184,7 +184,7 @@ class Supervisor:
         config = self.config
         if config.builtin:
             say(f'resolving model "{config.model}": built-in checkpoint')
-            if not (checkpoint.builtin_path(config.builtin) / "config.json").exists():
+            if not checkpoint.is_built(config.builtin):
                 say(f'building the built-in "{config.builtin}" checkpoint (first use only)')
         else:
             say(f'resolving model "{config.model}"')

@@ -95,11 +95,8 @@ def test_scoring_counts_word_errors_and_order() -> None:
     assert wrong == {"wer": 1.0, "colour": 0.0}
 
 
-def test_training_encoder_equals_the_served_padding_free_encoder() -> None:
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-    processor = AutoProcessor.from_pretrained(COMMITTED)
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(COMMITTED, dtype=torch.float32)
+def test_training_encoder_equals_the_served_padding_free_encoder(committed: Committed) -> None:
+    processor, model, _ = committed
     clips = [c.clip for c in cases.cases("held_out", 4, seed=9)]
     audio = [render(c) for c in clips]
     # and whole 30 s windows (3000 and 2999 valid frames: one encoder position past 1500
