@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,47 @@ def test_encoder_benchmark_runs_on_the_tiny_checkpoint() -> None:
         (batch, case) for batch in (1, 3) for case in encoder.CASES
     ]
     assert all(row[f"{name}_ms"] > 0 for row in result["rows"] for name in encoder.SYSTEMS)
+
+
+def test_encoder_benchmark_runs_the_7b_encoder_shape_without_vllm(tmp_path: Path) -> None:
+    """The GPU table's command runs where only torch and transformers are installed."""
+    from audiotext.benchmarks import encoder
+
+    out = tmp_path / "encoder.json"
+    run = subprocess.run(
+        [sys.executable, "-c", "import sys, runpy; sys.modules['vllm'] = None; "
+         "runpy.run_module('audiotext.benchmarks.encoder', run_name='__main__')",
+         "--shape", "qwen2-audio-7b", "--layers", "1", "--dtype", "bfloat16",
+         "--batches", "2", "--cases", "1 s", "--repeats", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["encoder"] == "qwen2-audio-7b shape, random weights, first 1 layers"
+    assert result["dtype"] == "bfloat16"
+    [row] = result["rows"]
+    assert (row["case"], row["batch"]) == ("1 s", 2)
+    assert all(row[f"{name}_ms"] > 0 for name in encoder.SYSTEMS)
+
+
+def test_the_7b_shape_is_qwen2_audio_7bs_encoder() -> None:
+    from audiotext.benchmarks import encoder
+
+    config = encoder.shape_config("qwen2-audio-7b")
+    audio = config.audio_config
+    # Qwen2-Audio-7B-Instruct's config.json: Whisper-large-v3's encoder, projector to 4096.
+    assert (audio.d_model, audio.encoder_layers, audio.encoder_attention_heads) == (1280, 32, 20)
+    assert (audio.encoder_ffn_dim, audio.num_mel_bins, audio.max_source_positions) == (
+        5120, 128, 1500,
+    )  # fmt: skip
+    assert config.text_config.hidden_size == 4096
+    parser = argparse.ArgumentParser()
+    encoder.add_cli_args(parser)
+    args = parser.parse_args(["--shape", "qwen2-audio-7b", "--layers", "1"])
+    tower, projector, _ = encoder.load_encoder(args)
+    assert len(tower.layers) == 1  # --layers trims the depth, not the width
+    assert tower.layers[0].fc1.out_features == 5120
+    assert (projector.linear.in_features, projector.linear.out_features) == (1280, 4096)
 
 
 def test_summary_percentiles_and_throughput() -> None:

@@ -166,3 +166,16 @@ def test_in_bfloat16_the_packed_forward_is_as_close_to_float32_as_stock_is(tiny:
 
     assert all(o.dtype == torch.bfloat16 for o in ours)
     assert error(ours) <= 1.5 * error(stock)
+
+
+def test_the_encoder_benchmarks_stock_path_is_vllms_without_vllm(tiny: Any) -> None:
+    """`benchmarks/encoder.py` restates stock's path with torch alone, for GPU machines."""
+    from audiotext.benchmarks.encoder import stock_padded
+
+    processor, tower, projector = tiny
+    feats, mask = features(processor, [speech_of(s) for s in (0.7, 4.2, 30.0, 12.5)])
+    with torch.no_grad():
+        restated = stock_padded(tower, projector, feats, mask)
+        stock = stock_embeddings(tower, projector, feats, mask)
+    assert len(restated) == len(stock) == 4
+    assert all(torch.equal(a, b) for a, b in zip(restated, stock, strict=True))
