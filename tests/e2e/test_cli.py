@@ -79,6 +79,10 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupted_batch_keeps_every_answer_and_resume_finishes_it(
     server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -102,7 +106,11 @@ def test_interrupted_batch_keeps_every_answer_and_resume_finishes_it(
     command += ["--concurrency", "3", "--temperature", "0"]
     before = engine_metrics(server)
 
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it: a shell that starts the tests in the background
+    # (nohup, `&` without job control) leaves SIGINT ignored, and children inherit that.
+    proc = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )  # fmt: skip
     deadline = time.monotonic() + 240
     while len(lines_of(out)) < 6:
         assert proc.poll() is None and time.monotonic() < deadline, "batch ended early"
