@@ -123,9 +123,10 @@ def shape_config(shape: str) -> Any:
     return Qwen2AudioConfig(text_config=SHAPES[shape])
 
 
-def load_encoder(args: argparse.Namespace) -> tuple[Any, nn.Module, str]:
-    """The encoder and projector to time, on `args.device` in `args.dtype`, and their name."""
-    from transformers import Qwen2AudioForConditionalGeneration
+def load_encoder(args: argparse.Namespace) -> tuple[Any, nn.Module, Any, str]:
+    """The encoder and projector to time, on `args.device` in `args.dtype`, the feature
+    extractor that feeds them (the checkpoint's own), and their name."""
+    from transformers import Qwen2AudioForConditionalGeneration, WhisperFeatureExtractor
     from transformers.models.qwen2_audio.modeling_qwen2_audio import (
         Qwen2AudioEncoder,
         Qwen2AudioMultiModalProjector,
@@ -141,11 +142,14 @@ def load_encoder(args: argparse.Namespace) -> tuple[Any, nn.Module, str]:
         with device:  # random initialisation where the weights will live
             tower = Qwen2AudioEncoder(config.audio_config)
             projector = Qwen2AudioMultiModalProjector(config)
+        # Qwen2-Audio's features: Whisper's 128-bin log-mel, 16 kHz, 30 s windows.
+        extractor = WhisperFeatureExtractor(feature_size=config.audio_config.num_mel_bins)
         name = f"{args.shape} shape, random weights"
     else:
         path = checkpoint.ensure_built(args.size)
         model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=dtype)
         tower, projector = model.model.audio_tower, model.model.multi_modal_projector
+        extractor = WhisperFeatureExtractor.from_pretrained(path)
         if args.layers:
             tower.layers = tower.layers[: args.layers]
         name = f"{args.size} checkpoint"
@@ -153,7 +157,7 @@ def load_encoder(args: argparse.Namespace) -> tuple[Any, nn.Module, str]:
         name += f", first {args.layers} layers"
     tower = tower.to(device=device, dtype=dtype).eval()
     projector = projector.to(device=device, dtype=dtype).eval()
-    return tower, projector, name
+    return tower, projector, extractor, name
 
 
 def synchronize(device: torch.device) -> None:
@@ -175,17 +179,13 @@ def timed_s(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, 
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from transformers import WhisperFeatureExtractor
-
     unknown = set(args.cases) - set(CASES)
     if unknown:
         raise SystemExit(f"unknown case(s) {sorted(unknown)}; cases: {', '.join(CASES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    tower, projector, encoder_name = load_encoder(args)
-    # Qwen2-Audio's features: Whisper's 128-bin log-mel, 16 kHz, 30 s windows.
-    extractor = WhisperFeatureExtractor(feature_size=tower.config.num_mel_bins)
+    tower, projector, extractor, encoder_name = load_encoder(args)
     names = CUDA_SYSTEMS if device.type == "cuda" else SYSTEMS
     rng = np.random.default_rng(0)
 

@@ -70,7 +70,8 @@ def test_the_7b_shape_is_qwen2_audio_7bs_encoder() -> None:
     parser = argparse.ArgumentParser()
     encoder.add_cli_args(parser)
     args = parser.parse_args(["--shape", "qwen2-audio-7b", "--layers", "1"])
-    tower, projector, _ = encoder.load_encoder(args)
+    tower, projector, extractor, _ = encoder.load_encoder(args)
+    assert extractor.feature_size == 128 and extractor.n_samples == 30 * 16000
     assert len(tower.layers) == 1  # --layers trims the depth, not the width
     assert tower.layers[0].fc1.out_features == 5120
     assert (projector.linear.in_features, projector.linear.out_features) == (1280, 4096)
