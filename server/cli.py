@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     train.add_argument(
+        "--ctc-lr", type=float, help="stage-1 peak learning rate (default: the recipe's)"
+    )
+    train.add_argument(
         "--init", type=Path, help="continue from this listening checkpoint's weights"
     )
     train.add_argument(
@@ -342,6 +345,7 @@ def _model(args: argparse.Namespace) -> int:
             "clips": args.clips,
             "seed": args.seed,
             "lr": args.lr,
+            "ctc_lr": args.ctc_lr,
             "long_share": args.long_share,
             "long_windows": args.long_windows,
             "long_sentences": args.long_sentences,

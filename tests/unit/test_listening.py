@@ -290,6 +290,21 @@ def test_train_mix_changes_the_named_kinds_and_keeps_the_rest(
     assert drawn["pitch"] > 2000 * 0.15
 
 
+def test_train_takes_each_stages_learning_rate(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from audiotext.server import cli
+
+    trained: list[train.Recipe] = []
+    monkeypatch.setattr(train, "train", lambda out, recipe, init: trained.append(recipe) or out)
+    cli.main(["model", "train", "--out", str(tmp_path / "x")])
+    cli.main(["model", "train", "--out", str(tmp_path / "x"), "--ctc-lr", "1e-3", "--lr", "2e-4"])
+    assert [(r.ctc_lr, r.lr) for r in trained] == [
+        (train.Recipe().ctc_lr, train.Recipe().lr), (1e-3, 2e-4),
+    ]  # fmt: skip
+    assert train.Recipe().ctc_lr != 1e-3 and train.Recipe().lr != 2e-4
+
+
 def test_the_pitch_probe_reads_every_depth_and_the_features_carry_pitch() -> None:
     from audiotext.server.listening.probe import pitch_probe
 
