@@ -74,10 +74,10 @@ def test_held_out_cases_are_neither_in_training_voices_nor_sentences() -> None:
 
 
 # The targets (WER <= 10 %, >= 90 % per question type, long audio >= 90 %) are not
-# all reached by the committed checkpoint (README "The listening checkpoint": WER 0.078 on
-# these cases, 0.083 on a larger draw); these bounds sit just above what it measures, so a
+# all reached by the committed checkpoint (README "The listening checkpoint": WER 0.062 on
+# these cases, 0.051 on a larger draw); these bounds sit just above what it measures, so a
 # serving path that mishears (random weights, wrong resampling, lost audio) fails them.
-WER_BOUND = 0.09
+WER_BOUND = 0.075
 # One sentence's errors in any of the three file formats (6-10 words: at most one wrong).
 CLIP_ERROR_BOUND = 0.19
 
@@ -167,13 +167,13 @@ def test_greedy_parity_with_transformers_generate(
 
 # Per question type: the bound sits just under what the committed checkpoint measures
 # (README "The listening checkpoint"), so a serving path that mishears fails it.
-# Pitch sits near chance (high or low: the weights measure 0.35-0.65; the audio side loses
+# Pitch sits near chance (high or low: the weights measure 0.35-0.75; the audio side loses
 # the voice's pitch, `audiotext model probe`), so its bound only catches answers that are
 # not a pitch at all.
 ACCURACY_BOUND = {
-    "colour": 0.85,
+    "colour": 0.9,
     "count": 0.95,
-    "pitch": 0.25,
+    "pitch": 0.4,
     "language": 0.95,
     "sound": 0.9,
     "chat": 0.95,
@@ -189,7 +189,7 @@ def test_accuracy_per_question_type_on_held_out_voices(listener: AudioTextClient
 
 
 # Words of a 70-90 s recording that come back in order, on every route that hears it.
-LONG_BOUND = 0.25
+LONG_BOUND = 0.12
 
 
 def test_a_long_recording_comes_back_in_order_on_chat_task_and_transcription_routes(
@@ -234,10 +234,10 @@ def test_a_long_recording_comes_back_in_order_on_chat_task_and_transcription_rou
 
 
 # Two-turn voice chats: the spoken follow-up ("and plus four") is answered from the first
-# reply. The bound sits just under what the committed checkpoint measures (0.90 after the
-# right reply, 0.80 after another; the weights of the first follow-up training: 0.30 and
+# reply. The bound sits just under what the committed checkpoint measures (1.0 after the
+# right reply, 0.90 after another; the weights of the first follow-up training: 0.30 and
 # 0.20; the weights before, never trained on them: 0.05).
-FOLLOW_UP_BOUND = 0.75
+FOLLOW_UP_BOUND = 0.8
 
 
 def test_a_spoken_follow_up_is_answered_from_the_first_reply(listener: AudioTextClient) -> None:
