@@ -74,10 +74,10 @@ def test_held_out_cases_are_neither_in_training_voices_nor_sentences() -> None:
 
 
 # The targets (WER <= 10 %, >= 90 % per question type, long audio >= 90 %) are not
-# all reached by the committed checkpoint (README "The listening checkpoint": WER 0.062 on
-# these cases, 0.051 on a larger draw); these bounds sit just above what it measures, so a
+# all reached by the committed checkpoint (README "The listening checkpoint": WER 0.039 on
+# these cases, 0.067 on a larger draw); these bounds sit just above what it measures, so a
 # serving path that mishears (random weights, wrong resampling, lost audio) fails them.
-WER_BOUND = 0.075
+WER_BOUND = 0.06
 # One sentence's errors in any of the three file formats (6-10 words: at most one wrong).
 CLIP_ERROR_BOUND = 0.19
 
@@ -167,16 +167,15 @@ def test_greedy_parity_with_transformers_generate(
 
 # Per question type: the bound sits just under what the committed checkpoint measures
 # (README "The listening checkpoint"), so a serving path that mishears fails it.
-# Pitch sits near chance (high or low: the weights measure 0.35-0.75; the audio side loses
-# the voice's pitch, `audiotext model probe`), so its bound only catches answers that are
-# not a pitch at all.
+# Pitch (high or low) was near chance until a pitch-heavy continuation (0.35-0.75 before it,
+# 1.0 on these cases after).
 ACCURACY_BOUND = {
     "colour": 0.9,
     "count": 0.95,
-    "pitch": 0.4,
+    "pitch": 0.85,
     "language": 0.95,
     "sound": 0.9,
-    "chat": 0.95,
+    "chat": 0.9,
 }
 
 

@@ -168,10 +168,13 @@ def test_sdk_client_holds_a_spoken_conversation_answered_as_chat_would(
         history.append({"role": "assistant", "content": turn.text})
 
     # The question ("what is one plus four") is answered right: the audio streamed in 20 ms
-    # chunks at 24 kHz and cut by the VAD is heard as the question. The follow-up ("and plus
-    # one") is checked against chat only: the checkpoint answers 90-100 % of held-out
-    # follow-ups right (tests/e2e/test_listening.py), this one not ("fourteen" for "six").
+    # chunks at 24 kHz and cut by the VAD is heard as the question, and the follow-up ("and
+    # plus one") from the conversation ("six").
     assert cases.normalize(turns[0].text) == cases.normalize(question.answer), turns[0].text
+    expected = cases.followed(question.answer, follow_up.follows)
+    assert expected and cases.normalize(turns[1].text) == cases.normalize(expected), (
+        turns[1].text, expected,
+    )  # fmt: skip
     first, second = (t.done["usage"] for t in turns)
     # The second prompt is the first, its answer, and the new question.
     assert second["input_tokens"] > first["input_tokens"] + first["output_tokens"]
