@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train the listening checkpoint on synthetic speech (CPU, about 60 minutes)",
         description="Speak the grammar's clips with espeak-ng and train the listening "
-        "checkpoint; the committed one came from the defaults, continued eleven times "
-        "(README: The listening checkpoint).",
+        "checkpoint; the committed one came from the defaults, continued by the runs "
+        "the README lists (The listening checkpoint).",
     )
     train.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     train.add_argument(
