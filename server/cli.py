@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
         "words in the CTC target, so the audio side keeps the pitch",
     )
     train.add_argument(
+        "--lead-silence",
+        type=_seconds,
+        metavar="SECONDS",
+        help="up to this much silence before each clip in a share of the steps on single "
+        "clips (--lead-share), so speech is heard wherever it starts (default: the recipe's 0)",
+    )
+    train.add_argument(
+        "--lead-share",
+        type=float,
+        help="share of the steps on single clips that hear --lead-silence (default: the "
+        "recipe's 0.25)",
+    )
+    train.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
         help="autocast matrix products to bfloat16 (default: where the CPU computes in it "
@@ -151,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--count", type=int, default=140)
     score.add_argument("--seed", type=int, default=0)
     score.add_argument("--concurrency", type=int, default=8)
+    score.add_argument(
+        "--lead-silence",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="hear every clip after this much silence (speech that does not start at once)",
+    )
 
     probe = model_commands.add_parser(
         "probe",
@@ -318,6 +338,17 @@ def _weights(text: str, known: tuple[str, ...], what: str) -> tuple[tuple[str, f
     return tuple(out)
 
 
+def _seconds(text: str) -> float:
+    """Seconds of silence: 0 to 30 (one window; training keeps each clip within one)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write seconds, e.g. 12.5") from None
+    if not 0 <= seconds <= 30:
+        raise argparse.ArgumentTypeError(f"{text!r}: between 0 and 30 seconds")
+    return seconds
+
+
 def _sentence_range(text: str) -> tuple[int, int]:
     """`5-7` as (5, 7), `5` as (5, 5): a recording has at least two sentences."""
     low, _, high = text.partition("-")
@@ -351,6 +382,8 @@ def _model(args: argparse.Namespace) -> int:
             "long_sentences": args.long_sentences,
             "bf16": args.bf16,
             "ctc_pitch": args.ctc_pitch,
+            "lead_silence": args.lead_silence,
+            "lead_share": args.lead_share,
             "task_weights": args.task_weights,
         }
         if args.mix is not None:
@@ -373,7 +406,13 @@ def _model(args: argparse.Namespace) -> int:
 
         api_key = os.environ.get("AUDIOTEXT_API_KEY")
         result = score_server(
-            args.base_url, args.count, args.seed, args.model, api_key, args.concurrency
+            args.base_url,
+            args.count,
+            args.seed,
+            args.model,
+            api_key,
+            args.concurrency,
+            args.lead_silence,
         )
         print(json.dumps(result, indent=2, ensure_ascii=False))
     elif args.model_command == "probe":

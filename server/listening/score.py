@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
 from audiotext.client import AudioTextClient, AudioTextError
 from audiotext.server.listening import cases
 from audiotext.server.listening.speech import SAMPLE_RATE, render
@@ -19,14 +21,22 @@ from audiotext.server.listening.speech import SAMPLE_RATE, render
 MAX_NEW_TOKENS = 40
 
 
+def heard(clip: cases.Clip, lead_silence: float = 0.0) -> tuple[np.ndarray, int]:
+    """A clip's samples and rate as sent: after `lead_silence` seconds of digital silence."""
+    lead = np.zeros(round(lead_silence * SAMPLE_RATE), np.float32)
+    return np.concatenate([lead, render(clip)]), SAMPLE_RATE
+
+
 def ask(
     client: AudioTextClient,
     held: Sequence[cases.Case],
     concurrency: int = 8,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    lead_silence: float = 0.0,
 ) -> list[str]:
-    """The server's greedy answers to `held`, in order (an error's text in its slot)."""
-    requests = [{"audio": (render(c.clip), SAMPLE_RATE), "text": c.instruction} for c in held]
+    """The server's greedy answers to `held`, in order (an error's text in its slot), each
+    clip heard after `lead_silence` seconds of silence."""
+    requests = [{"audio": heard(c.clip, lead_silence), "text": c.instruction} for c in held]
     results = client.generate_batch(
         requests,
         concurrency=concurrency,
@@ -43,25 +53,25 @@ def ask_follow_ups(
     concurrency: int = 8,
     max_new_tokens: int = MAX_NEW_TOKENS,
     replies: Sequence[str] | None = None,
+    lead_silence: float = 0.0,
 ) -> list[str]:
     """The server's greedy answers to each dialogue's follow-up (an error's text in its
     slot), asked as the second turn of a chat after the spoken opener and a first reply:
-    the opener's right answer, or the dialogue's entry of `replies`."""
+    the opener's right answer, or the dialogue's entry of `replies`; each turn heard after
+    `lead_silence` seconds of silence."""
     replies = replies or [d.opener.answer for d in dialogues]
     if len(replies) != len(dialogues):
         raise ValueError(f"{len(replies)} replies for {len(dialogues)} dialogues")
 
-    def heard(clip: cases.Clip) -> dict[str, Any]:
-        return {
-            "role": "user",
-            "content": [{"type": "audio", "audio": (render(clip), SAMPLE_RATE)}],
-        }
+    def spoken(clip: cases.Clip) -> dict[str, Any]:
+        audio = heard(clip, lead_silence)
+        return {"role": "user", "content": [{"type": "audio", "audio": audio}]}
 
     def one(dialogue: cases.Dialogue, reply: str) -> str:
         messages = [
-            heard(dialogue.opener.clip),
+            spoken(dialogue.opener.clip),
             {"role": "assistant", "content": reply},
-            heard(dialogue.follow_up),
+            spoken(dialogue.follow_up),
         ]
         try:
             answer = client.chat(messages, max_new_tokens=max_new_tokens, do_sample=False)
@@ -117,15 +127,16 @@ def score_server(
     model: str | None = None,
     api_key: str | None = None,
     concurrency: int = 8,
+    lead_silence: float = 0.0,
 ) -> dict[str, Any]:
     """Speak `count` fresh held-out cases, ask the server, score its answers; and as many
     two-turn voice chats as there are cases of one type (`follow_up`: the second turn's
-    accuracy)."""
+    accuracy). Every clip is heard after `lead_silence` seconds of silence."""
     held = cases.cases("held_out", count, seed)
     dialogues = cases.dialogues("held_out", max(1, count // len(cases.KINDS)), seed)
     with AudioTextClient(base_url=base_url, model=model, api_key=api_key) as client:
-        answers = ask(client, held, concurrency)
-        follow_ups = ask_follow_ups(client, dialogues, concurrency)
+        answers = ask(client, held, concurrency, lead_silence=lead_silence)
+        follow_ups = ask_follow_ups(client, dialogues, concurrency, lead_silence=lead_silence)
     asked = [*held, *(d.case for d in dialogues)]
     public = [*(c.as_json() for c in held), *(d.as_json() for d in dialogues)]
     answers += follow_ups
@@ -135,5 +146,5 @@ def score_server(
         if cases.normalize(a) != cases.normalize(c.answer)
     ]
     scores = score(asked, answers)
-    return {"cases": len(held), "dialogues": len(dialogues), "seed": seed, "scores": scores,
-            "misses": misses}  # fmt: skip
+    return {"cases": len(held), "dialogues": len(dialogues), "seed": seed,
+            "lead_silence": lead_silence, "scores": scores, "misses": misses}  # fmt: skip

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 SIZE = checkpoint.Size(256, 3, 4, 1024, hidden=256, layers=3, heads=4, intermediate=768)
 VOCAB_SIZE = 2048
+FRAMES_PER_SECOND = 100  # the feature extractor's hop: 10 ms
+MAX_FRAMES = 3000  # one 30 s window
 T = TypeVar("T")
 
 
@@ -63,6 +65,12 @@ class Recipe:
     # Spell the voice's pitch class ("high"/"low", where a clip has one) before its words in
     # the CTC target, so the audio side keeps what the pitch questions ask about.
     ctc_pitch: bool = False
+    # Up to this many seconds of silence before each clip (drawn uniformly per clip) in
+    # `lead_share` of the steps on single clips, so speech is heard wherever in a window it
+    # starts: a recording's later sentences and a served window's speech do not start at
+    # once. A batch is padded to its longest clip, so such a step costs several plain ones.
+    lead_silence: float = 0.0
+    lead_share: float = 0.25
     eval_every: int = 500
     # Autocast matrix products to bfloat16; None: where the CPU computes in it natively
     # (AVX-512 BF16, AMX, Arm BF16). Elsewhere the autocast runs ~10x slower than float32.
@@ -482,8 +490,9 @@ def audio_stage(run: Run, examples: list[Example], held_speech: list[Example]) -
     for step in range(recipe.ctc_steps):
         start = rng.randrange(0, len(speech) - recipe.ctc_batch)
         batch = speech[start : start + recipe.ctc_batch]
+        lead = lead_for_step(rng, recipe)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(recipe.bf16)):
-            audio = _encode_augmented(run.model, batch, rng)
+            audio = _encode_augmented(run.model, batch, rng, lead)
             aux = _ctc_loss(run.ctc, run.ctc_head, audio, batch, run.prompts)
         assert aux is not None  # every clip here is English speech
         _step(optimizer, schedule, aux, parameters)
@@ -512,10 +521,20 @@ def joint_stage(
     weights = dict(recipe.task_weights)
     openers = [e for e in short if any(kind == "chat" for kind, _, _ in e.tasks)]
     for step in range(recipe.steps):
-        samples = draw_batch(rng, recipe, long if rng.random() < recipe.long_share else short)
+        long_step = rng.random() < recipe.long_share
+        samples = draw_batch(rng, recipe, long if long_step else short)
+        lead = 0 if long_step else lead_for_step(rng, recipe)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(recipe.bf16)):
             loss, aux = batch_loss(
-                run.model, run.ctc_head, run.ctc, run.prompts, samples, rng, weights, openers
+                run.model,
+                run.ctc_head,
+                run.ctc,
+                run.prompts,
+                samples,
+                rng,
+                weights,
+                openers,
+                lead,
             )
             total = loss + recipe.ctc_weight * aux if aux is not None else loss
         _step(optimizer, schedule, total, parameters)
@@ -575,17 +594,19 @@ def batch_loss(
     rng: random.Random,
     weights: dict[str, float] | None = None,
     openers: Sequence[Example] = (),
+    lead: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Answer loss (next token) and auxiliary CTC loss of one batch, questions drawn afresh.
 
     `weights` weighs the question types (`draw_task`); none: every task of a clip alike.
     A spoken follow-up asked as one (type `follow_up`) is the second turn of a voice chat
-    whose first is one of `openers` (spoken questions), answered right.
+    whose first is one of `openers` (spoken questions), answered right. `lead`: up to this
+    many frames of silence before each clip (`with_lead_silence`).
     """
     windows = [e for sample in samples for e in sample]
     # SpecAugment before the questions are drawn, as before follow-ups existed: a batch
     # without them makes the same random draws, so earlier runs reproduce.
-    window_features = iter(_augmented(windows, rng))
+    window_features = iter(_augmented(windows, rng, lead))
     chosen, histories = [], []
     for sample in samples:
         options = sample[0].tasks
@@ -605,13 +626,16 @@ def batch_loss(
         chosen.append((instruction, answer))
         histories.append(history)
     earlier = [[e for e, _ in history] for history in histories]
-    opener_features = iter(_augmented([e for turns in earlier for e in turns], rng))
+    opener_features = iter(_augmented([e for turns in earlier for e in turns], rng, lead))
     heard = in_prompt_order(earlier, samples)
-    features = in_prompt_order(
-        [[next(opener_features) for _ in turns] for turns in earlier],
-        [[next(window_features) for _ in sample] for sample in samples],
+    features, frames = zip(
+        *in_prompt_order(
+            [[next(opener_features) for _ in turns] for turns in earlier],
+            [[next(window_features) for _ in sample] for sample in samples],
+        ),
+        strict=True,
     )
-    audio = encode_batch(model, features, [e.frames for e in heard])
+    audio = encode_batch(model, list(features), list(frames))
     spoken, counts = split_turns(audio, histories, [len(sample) for sample in samples])
     ids, attention, labels = sequences(prompts, chosen, counts, spoken)
     hidden = lm_hidden(model, ids, attention, audio)
@@ -684,15 +708,51 @@ def draw_task(
 
 
 def _encode_augmented(
-    model: Any, examples: list[Example], rng: random.Random
+    model: Any, examples: list[Example], rng: random.Random, lead: int = 0
 ) -> list[torch.Tensor]:
-    """Projected audio embeddings of `examples` after SpecAugment."""
-    return encode_batch(model, _augmented(examples, rng), [e.frames for e in examples])
+    """Projected audio embeddings of `examples` after SpecAugment (and `lead`)."""
+    features, frames = zip(*_augmented(examples, rng, lead), strict=True)
+    return encode_batch(model, list(features), list(frames))
 
 
-def _augmented(examples: list[Example], rng: random.Random) -> list[torch.Tensor]:
-    """The features of `examples` after SpecAugment, cut to the valid frames and the tail."""
-    return [spec_augment(e.features, e.frames, rng)[:, : e.frames + TAIL_FRAMES] for e in examples]
+def _augmented(
+    examples: list[Example], rng: random.Random, lead: int = 0
+) -> list[tuple[torch.Tensor, int]]:
+    """The features of `examples` after SpecAugment, cut to the valid frames and the tail,
+    and their valid frames; with `lead`, each after up to that many frames of silence (no
+    random draws without it, so earlier runs reproduce)."""
+    out = []
+    for e in examples:
+        features = spec_augment(e.features, e.frames, rng)[:, : e.frames + TAIL_FRAMES]
+        silence = rng.randint(0, lead) if lead else 0
+        out.append(with_lead_silence(features, e.frames, silence, silence_level(e.features)))
+    return out
+
+
+def lead_for_step(rng: random.Random, recipe: Recipe) -> int:
+    """Most frames of silence before each clip of a step on single clips: the recipe's
+    `lead_silence` in `lead_share` of them, else none (no random draw without it)."""
+    if not recipe.lead_silence or rng.random() >= recipe.lead_share:
+        return 0
+    return round(recipe.lead_silence * FRAMES_PER_SECOND)
+
+
+def silence_level(features: torch.Tensor) -> float:
+    """The feature extractor's value for digital silence in a clip: its floor, 8 below the
+    clip's loudest log-mel, which is 2 after its scaling."""
+    return float(features.max()) - 2.0
+
+
+def with_lead_silence(
+    features: torch.Tensor, frames: int, silence: int, level: float
+) -> tuple[torch.Tensor, int]:
+    """`features` (`frames` valid) heard after `silence` frames at `level` (kept within one
+    30 s window), and the frames now valid."""
+    silence = max(0, min(silence, MAX_FRAMES - frames))
+    if not silence:
+        return features, frames
+    lead = torch.full((features.shape[0], silence), level, dtype=features.dtype)
+    return torch.cat([lead, features], dim=1), frames + silence
 
 
 def encode_clean(model: Any, examples: list[Example]) -> list[torch.Tensor]:

@@ -187,6 +187,29 @@ def test_accuracy_per_question_type_on_held_out_voices(listener: AudioTextClient
     assert not low, scores
 
 
+def _audio_seconds_heard(base_url: str) -> float:
+    import httpx
+
+    text = httpx.get(base_url.removesuffix("/v1") + "/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("audiotext_audio_seconds_total")
+    )
+
+
+def test_score_hears_every_clip_after_the_silence_asked(listener: AudioTextClient) -> None:
+    before = _audio_seconds_heard(listener.base_url)
+    result = score.score_server(listener.base_url, 7, seed=11, model=MODEL, lead_silence=2.5)
+    heard = _audio_seconds_heard(listener.base_url) - before
+    held = cases.cases("held_out", 7, 11)
+    dialogues = cases.dialogues("held_out", 1, 11)
+    clips = [c.clip for c in held] + [c for d in dialogues for c in (d.opener.clip, d.follow_up)]
+    spoken = sum(len(render(c)) / SAMPLE_RATE for c in clips)
+    assert result["lead_silence"] == 2.5 and set(result["scores"]) >= {"wer", "chat"}
+    assert heard == pytest.approx(spoken + 2.5 * len(clips), abs=0.01 * len(clips))
+
+
 # Words of a 70-90 s recording that come back in order, on every route that hears it.
 LONG_BOUND = 0.12
 

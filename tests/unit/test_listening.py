@@ -259,6 +259,9 @@ def test_long_batches_hear_recordings_as_the_windows_of_one_clip() -> None:
         ("--long-sentences", "1-3", "2 <= MIN"),
         ("--long-sentences", "x-7", "write MIN-MAX"),
         ("--long-sentences", "6-5", "2 <= MIN"),
+        ("--lead-silence", "x", "write seconds"),
+        ("--lead-silence", "-1", "between 0 and 30"),
+        ("--lead-silence", "31", "between 0 and 30"),
     ],
 )
 def test_train_refuses_bad_question_type_weights_and_sentence_counts(
@@ -303,6 +306,80 @@ def test_train_takes_each_stages_learning_rate(
         (train.Recipe().ctc_lr, train.Recipe().lr), (1e-3, 2e-4),
     ]  # fmt: skip
     assert train.Recipe().ctc_lr != 1e-3 and train.Recipe().lr != 2e-4
+
+
+def test_lead_silence_is_what_the_extractor_makes_of_zeros_before_the_clip() -> None:
+    import random
+
+    extractor = _extractor()
+    # A noisy clip: its quietest frames are the noise, louder than digital silence.
+    clip = next(
+        c
+        for i in range(50)
+        if (c := cases.draw_clip(random.Random(i), "held_out", "transcribe")).snr_db is not None
+    )
+    audio = render(clip)
+    features, mask = trimmed_features(extractor, audio)
+    frames = int(mask.sum())
+    lead = 150  # 1.5 s
+    heard, valid = train.with_lead_silence(features, frames, lead, train.silence_level(features))
+    expected, expected_mask = trimmed_features(
+        extractor, np.concatenate([np.zeros(lead * 160, np.float32), audio])
+    )
+    assert valid == int(expected_mask.sum()) == frames + lead
+    # The same columns, but for the STFT's window across the join (two frames either side).
+    same = torch.isclose(heard[:, :valid], expected[:, :valid], atol=1e-4).all(dim=0)
+    assert same[: lead - 2].all() and same[lead + 2 :].all()
+    # Kept within one 30 s window; none asked, nothing changed.
+    assert train.with_lead_silence(features, frames, 5000, 0.0)[1] == train.MAX_FRAMES
+    assert train.with_lead_silence(features, frames, 0, 0.0)[0] is features
+
+
+def test_lead_silence_draws_nothing_unless_asked_so_earlier_runs_reproduce() -> None:
+    import random
+
+    clips = [cases.draw_clip(random.Random(i), "train", "transcribe") for i in range(4)]
+    examples = train.speak_all(clips, _extractor(), workers=2)
+    plain, leading = random.Random(7), random.Random(7)
+    first = train._augmented(examples, plain)
+    assert [frames for _, frames in first] == [e.frames for e in examples]
+    reference = random.Random(7)
+    for e in examples:
+        train.spec_augment(e.features, e.frames, reference)
+    assert plain.getstate() == reference.getstate()
+    longer = train._augmented(examples, leading, lead=300)
+    added = [f - e.frames for (_, f), e in zip(longer, examples, strict=True)]
+    assert all(0 <= n <= 300 for n in added) and len(set(added)) > 1
+
+
+def test_train_takes_a_lead_silence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from audiotext.server import cli
+
+    trained: list[train.Recipe] = []
+    monkeypatch.setattr(train, "train", lambda out, recipe, init: trained.append(recipe) or out)
+    cli.main(["model", "train", "--out", str(tmp_path / "x"), "--lead-silence", "12.5"])
+    cli.main(["model", "train", "--out", str(tmp_path / "x"), "--lead-share", "0.6"])
+    assert (trained[0].lead_silence, trained[0].lead_share) == (12.5, train.Recipe().lead_share)
+    assert (trained[1].lead_silence, trained[1].lead_share) == (0, 0.6)
+    assert train.Recipe().lead_silence == 0
+
+
+def test_a_share_of_steps_hears_lead_silence_and_none_draws_nothing() -> None:
+    import random
+
+    recipe = dataclasses.replace(train.Recipe(), lead_silence=12.5, lead_share=0.25)
+    rng = random.Random(0)
+    leads = [train.lead_for_step(rng, recipe) for _ in range(400)]
+    assert set(leads) == {0, 1250} and 60 < leads.count(1250) < 140
+    untouched = random.Random(0)
+    assert train.lead_for_step(untouched, train.Recipe()) == 0
+    assert untouched.getstate() == random.Random(0).getstate()
+
+
+def _extractor() -> Any:
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor.from_pretrained(COMMITTED)
 
 
 def test_the_pitch_probe_reads_every_depth_and_the_features_carry_pitch() -> None:
