@@ -24,6 +24,10 @@ class Scrape:
         """A sample's value; 0 for a series not seen yet (counters start at 0)."""
         return self.samples.get((name, frozenset(labels.items())), 0.0)
 
+    def total(self, name: str) -> float:
+        """A metric's samples summed over every label set (0 where none is seen yet)."""
+        return sum(v for (n, _), v in self.samples.items() if n == name)
+
     def __sub__(self, before: Scrape) -> Delta:
         return Delta(self, before)
 

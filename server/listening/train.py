@@ -36,13 +36,14 @@ from audiotext.server.features import TAIL_FRAMES, trimmed_features
 from audiotext.server.listening import cases
 from audiotext.server.listening.score import edit_distance, score
 from audiotext.server.listening.speech import render
+from audiotext.server.windows import WINDOW_S
 
 logger = logging.getLogger(__name__)
 
 SIZE = checkpoint.Size(256, 3, 4, 1024, hidden=256, layers=3, heads=4, intermediate=768)
 VOCAB_SIZE = 2048
 FRAMES_PER_SECOND = 100  # the feature extractor's hop: 10 ms
-MAX_FRAMES = 3000  # one 30 s window
+MAX_FRAMES = int(WINDOW_S * FRAMES_PER_SECOND)  # one window
 T = TypeVar("T")
 
 

@@ -24,6 +24,7 @@ from audiotext.server.launcher import ServerProcess, free_port
 from audiotext.server.listening import cases, score
 from audiotext.server.listening.speech import SAMPLE_RATE, render
 from tests.conftest import running_server, wav_bytes
+from tests.metrics import scrape
 
 MODEL = "listening"
 # Held-out transcription cases scored per run.
@@ -187,21 +188,13 @@ def test_accuracy_per_question_type_on_held_out_voices(listener: AudioTextClient
     assert not low, scores
 
 
-def _audio_seconds_heard(base_url: str) -> float:
+def test_score_hears_every_clip_after_the_silence_asked(listener: AudioTextClient) -> None:
     import httpx
 
-    text = httpx.get(base_url.removesuffix("/v1") + "/metrics").text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("audiotext_audio_seconds_total")
-    )
-
-
-def test_score_hears_every_clip_after_the_silence_asked(listener: AudioTextClient) -> None:
-    before = _audio_seconds_heard(listener.base_url)
-    result = score.score_server(listener.base_url, 7, seed=11, model=MODEL, lead_silence=2.5)
-    heard = _audio_seconds_heard(listener.base_url) - before
+    with httpx.Client(base_url=listener.base_url.removesuffix("/v1")) as http:
+        before = scrape(http).total("audiotext_audio_seconds_total")
+        result = score.score_server(listener.base_url, 7, seed=11, model=MODEL, lead_silence=2.5)
+        heard = scrape(http).total("audiotext_audio_seconds_total") - before
     held = cases.cases("held_out", 7, 11)
     dialogues = cases.dialogues("held_out", 1, 11)
     clips = [c.clip for c in held] + [c for d in dialogues for c in (d.opener.clip, d.follow_up)]

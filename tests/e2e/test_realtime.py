@@ -89,7 +89,7 @@ def audio_turn(pcm: bytes, rate: int = RATE) -> dict[str, Any]:
 
 
 def metric(http: httpx.Client, name: str) -> float:
-    return sum(v for (n, _), v in scrape(http).samples.items() if n == name)
+    return scrape(http).total(name)
 
 
 def cache_block_size(http: httpx.Client) -> int:
